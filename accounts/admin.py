@@ -1,0 +1,145 @@
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+
+from accounts import services
+from accounts.models import AccessToken, Membership, Organization, TokenRole, User
+from accounts.permissions import FINE_GRAINED_PERMISSIONS
+from core.errors import ApiError
+from core.money import format_usd
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+class UserMembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["organization"]
+    verbose_name = "organization membership"
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    list_display = ("username", "email", "plan", "is_staff", "is_active", "date_joined")
+    list_filter = ("plan", "is_staff", "is_active")
+    search_fields = ("username", "email", "fullname")
+    readonly_fields = ("hub_id", "last_login", "date_joined")
+    inlines = [UserMembershipInline]
+    fieldsets = (
+        (None, {"fields": ("username", "password", "hub_id")}),
+        ("Profile", {"fields": ("fullname", "email", "plan")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = (
+        (None, {"classes": ("wide",), "fields": ("username", "plan", "password1", "password2")}),
+    )
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ("name", "plan", "seats", "spending_limit", "member_count", "created_at")
+    list_filter = ("plan",)
+    search_fields = ("name", "fullname")
+    readonly_fields = ("hub_id", "created_at")
+    inlines = [MembershipInline]
+
+    @admin.display(description="spending limit")
+    def spending_limit(self, obj: Organization) -> str:
+        if obj.spending_limit_nanousd is None:
+            return "none"
+        return format_usd(obj.spending_limit_nanousd)
+
+    @admin.display(description="members")
+    def member_count(self, obj: Organization) -> int:
+        return obj.memberships.count()
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("organization", "user", "role", "created_at")
+    list_filter = ("role",)
+    search_fields = ("organization__name", "user__username")
+    autocomplete_fields = ["organization", "user"]
+
+
+class AccessTokenAddForm(forms.ModelForm):
+    permissions = forms.MultipleChoiceField(
+        choices=sorted(FINE_GRAINED_PERMISSIONS.items()),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Only for fine-grained tokens.",
+    )
+
+    class Meta:
+        model = AccessToken
+        fields = ["user", "name", "role", "permissions"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("role") != TokenRole.FINE_GRAINED and data.get("permissions"):
+            self.add_error("permissions", "Only fine-grained tokens carry permissions.")
+        return data
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    """Tokens are created through the service; the secret is shown once, in a message."""
+
+    list_display = ("name", "user", "role", "token_prefix", "created_at", "last_used_at",
+                    "state")
+    list_filter = ("role", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "user__username", "token_prefix")
+    autocomplete_fields = ["user"]
+    actions = ["revoke"]
+    readonly_fields = ("user", "name", "role", "permissions", "token_prefix", "token_hash",
+                       "created_at", "last_used_at", "revoked_at")
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = AccessTokenAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request, obj=None):
+        # Viewable, never editable: a token's rights change by revoking and creating anew.
+        return False if obj is not None else super().has_change_permission(request, obj)
+
+    @admin.display(description="state")
+    def state(self, obj: AccessToken) -> str:
+        return "active" if obj.is_active else "revoked"
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        try:
+            token, secret = services.access_token_create(
+                user=form.cleaned_data["user"],
+                name=form.cleaned_data["name"],
+                role=form.cleaned_data["role"],
+                permissions=form.cleaned_data.get("permissions") or [],
+            )
+        except ApiError as exc:
+            messages.error(request, str(exc.detail))
+            return
+        obj.pk = token.pk
+        messages.warning(
+            request,
+            f"Token created: {secret} — copy it now, it will not be shown again.",
+        )
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        active = list(queryset.filter(revoked_at__isnull=True))
+        for token in active:
+            services.access_token_revoke(token=token)
+        self.message_user(request, f"Revoked {len(active)} token(s).")

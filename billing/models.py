@@ -1,0 +1,1 @@
+"""Usage records, the ledger and balances (see the billing issue)."""

@@ -1,0 +1,173 @@
+"""One JSON error format for the whole `/api/` surface.
+
+    {"error": "<message naming the field>", "error_type": "<machine code>",
+     "fields": {"<field>": ["<message>", ...]}}          # "fields" only for bad input
+
+`error` is a plain string because that is what the Hub returns and what `huggingface_hub`
+(`hf_raise_for_status`) and `@huggingface/inference` print. `error_type` is stable for
+programs. The OpenAI-compatible router (`/v1/...`) uses OpenAI's shape instead, which its
+clients require: `{"error": {"message", "type", "code"}}` (see `router`).
+
+Every error, including 404 for an unknown URL and an unexpected exception, is rendered this
+way on API paths; the admin keeps Django's HTML pages.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+API_PREFIXES = ("/api/", "/v1/")
+
+
+class ApiError(exceptions.APIException):
+    """Raise from services or views for a domain error with its own status and code.
+
+    `field` names the input at fault, so the message and `fields` point at it.
+    """
+
+    status_code = 400
+    default_code = "bad_request"
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request",
+                 field: str | None = None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status
+        self.code = code
+        self.field = field
+
+
+class Conflict(ApiError):
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message, status=409, code="conflict", field=field)
+
+
+def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
+    """ValidationError detail -> {"dotted.field": [messages]}."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(_flatten(value, name))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            out[prefix or "non_field_errors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                out.update(_flatten(item, f"{prefix}[{index}]" if prefix else f"[{index}]"))
+    else:
+        out[prefix or "non_field_errors"] = [str(detail)]
+    return out
+
+
+def error_body(message: str, error_type: str, fields: dict | None = None) -> dict:
+    body = {"error": message, "error_type": error_type}
+    if fields:
+        body["fields"] = fields
+    return body
+
+
+def _validation_body(exc: exceptions.ValidationError) -> dict:
+    fields = _flatten(exc.detail)
+    parts = []
+    for name, messages in fields.items():
+        text = " ".join(messages)
+        parts.append(text if name == "non_field_errors" else f"{name}: {text}")
+    codes = exc.get_codes()
+    error_type = "validation_error"
+    if isinstance(codes, dict) and codes and all(
+        c == ["unknown_field"] or c == "unknown_field" for c in codes.values()
+    ):
+        error_type = "unknown_field"
+    return error_body("; ".join(parts) or "Invalid input.", error_type, fields)
+
+
+def api_exception_handler(exc, context):
+    """DRF's EXCEPTION_HANDLER: every API error in the one format."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # unexpected: Django's handler500 renders it (as JSON on API paths)
+
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = _validation_body(exc)
+        return response
+
+    message = str(exc.detail)
+    if isinstance(exc, ApiError):
+        fields = {exc.field: [message]} if exc.field else None
+        response.data = error_body(message, exc.code, fields)
+    else:
+        codes = exc.get_codes()
+        response.data = error_body(message, codes if isinstance(codes, str) else "error")
+    if response.status_code == 401:
+        # The Hub also puts the reason in a header; clients that read headers see it.
+        response["X-Error-Message"] = message
+    return response
+
+
+def is_api_path(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIXES)
+
+
+def json_error(status: int, message: str, error_type: str) -> JsonResponse:
+    return JsonResponse(error_body(message, error_type), status=status)
+
+
+# Django-level handlers (wired in config/urls.py) for what never reaches a DRF view.
+def handler400(request, exception=None):
+    if is_api_path(request):
+        return json_error(400, "Bad request.", "bad_request")
+    return defaults.bad_request(request, exception)
+
+
+def handler403(request, exception=None):
+    if is_api_path(request):
+        return json_error(403, "Permission denied.", "permission_denied")
+    return defaults.permission_denied(request, exception)
+
+
+def api_not_found(request, *args, **kwargs):
+    return json_error(404, f"No API endpoint at {request.path}.", "not_found")
+
+
+def handler404(request, exception=None):
+    if is_api_path(request):
+        return api_not_found(request)
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request):
+    if is_api_path(request):
+        return json_error(500, "Internal server error; it has been logged.", "server_error")
+    return defaults.server_error(request)
+
+
+class ApiErrorMiddleware:
+    """An unexpected exception on an API path is a JSON 500, also with DEBUG on.
+
+    It is logged with its traceback; the client gets no internals.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not is_api_path(request):
+            return None
+        logger.exception("Unhandled error on %s %s", request.method, request.path)
+        return handler500(request)

@@ -1,0 +1,1 @@
+"""Providers, hub models and mappings (see docs/ and the registry issue)."""

@@ -1,0 +1,447 @@
+"""Start the project's own services and processes: `devctl.py run` and `devctl.py test`.
+
+`run`   keeps PostgreSQL and Redis data under DATA_DIR (default .data/), migrates, loads the
+        demo data, then runs the ASGI web server, one Celery worker and one beat until Ctrl-C,
+        and stops everything it started.
+`test`  starts a throwaway PostgreSQL cluster and Redis in a temporary folder (never the `run`
+        data), runs ruff and pytest against them, removes them and exits with pytest's verdict.
+
+Only the standard library is used, so this works before anything else is configured.
+PostgreSQL refuses to run as root, so when we are root its cluster belongs to `postgres`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VENV_BIN = BASE_DIR / ".venv" / "bin"
+PYTHON = str(VENV_BIN / "python")
+DB_NAME = "hfbill"
+
+# Defaults shared with config/settings.py: plain `manage.py` reaches what `make run` started.
+DEFAULT_PG_PORT = 54329
+DEFAULT_REDIS_PORT = 63790
+DEFAULT_WEB_PORT = 8000
+
+
+def say(message: str) -> None:
+    print(f"devctl: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> None:
+    say(f"error: {message}")
+    raise SystemExit(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pg_bindir() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not candidates:
+        fail("PostgreSQL server binaries not found (run scripts/bootstrap.sh)")
+    return candidates[-1].parent
+
+
+def pg_user() -> pwd.struct_passwd | None:
+    """The OS user PostgreSQL runs as: `postgres` when we are root, else ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        fail("running as root but there is no `postgres` user to own the database cluster")
+    return None
+
+
+def as_pg_user(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    user = pg_user()
+    if user is not None:
+        cmd = ["runuser", "-u", user.pw_name, "--", *cmd]
+    return subprocess.run(cmd, check=False, **kwargs)
+
+
+def check_reachable(path: Path) -> None:
+    """initdb runs as `postgres`: every parent folder must be traversable by it."""
+    user = pg_user()
+    if user is None:
+        return
+    probe = as_pg_user(["test", "-x", str(path)], capture_output=True)
+    if probe.returncode != 0:
+        fail(
+            f"the postgres user cannot reach {path} (a parent folder is private). "
+            "Set DATA_DIR to a folder it can reach, e.g. DATA_DIR=/var/tmp/hfbill-data"
+        )
+
+
+@dataclass
+class Postgres:
+    root: Path  # folder holding pgdata/ and postgresql.log
+    port: int
+    throwaway: bool = False
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pgdata"
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{DB_NAME}"
+
+    def _chown(self, path: Path) -> None:
+        user = pg_user()
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def start(self) -> None:
+        bindir = pg_bindir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        check_reachable(self.root)
+        if not (self.pgdata / "PG_VERSION").exists():
+            say(f"creating PostgreSQL cluster in {self.pgdata}")
+            self.pgdata.mkdir(exist_ok=True)
+            self._chown(self.pgdata)
+            result = as_pg_user(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",  # loopback only, see listen_addresses below
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                fail(f"initdb failed:\n{result.stdout}{result.stderr}")
+        log = self.root / "postgresql.log"
+        log.touch()
+        self._chown(log)
+        status = as_pg_user([str(bindir / "pg_ctl"), "-D", str(self.pgdata), "status"],
+                            capture_output=True)
+        if status.returncode == 0:
+            say(f"PostgreSQL already running for {self.pgdata}")
+        else:
+            if port_open(self.port):
+                fail(f"port {self.port} is taken by another program (set PG_PORT)")
+            options = [
+                f"-c port={self.port}",
+                "-c listen_addresses=127.0.0.1",
+                "-c unix_socket_directories=''",
+                "-c max_connections=200",
+            ]
+            if self.throwaway:  # durability is pointless for a cluster deleted after the run
+                options += ["-c fsync=off", "-c synchronous_commit=off",
+                            "-c full_page_writes=off"]
+            result = as_pg_user(
+                [str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-w",
+                 "-t", "60", "-o", " ".join(options), "start"],
+                capture_output=True, text=True,
+            )
+            if result.returncode != 0:
+                fail(f"PostgreSQL did not start; see {log}:\n{log.read_text()[-2000:]}")
+            say(f"PostgreSQL listening on 127.0.0.1:{self.port}")
+        self._create_database(bindir)
+
+    def _create_database(self, bindir: Path) -> None:
+        psql = [str(bindir / "psql") if (bindir / "psql").exists() else "psql",
+                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-XAtq"]
+        exists = subprocess.run(
+            [*psql, "-d", "postgres", "-c",
+             f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"],
+            capture_output=True, text=True, check=False,
+        )
+        if exists.returncode != 0:
+            fail(f"cannot query PostgreSQL: {exists.stderr}")
+        if exists.stdout.strip() != "1":
+            subprocess.run([*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"],
+                           check=True, capture_output=True)
+
+    def stop(self) -> None:
+        if not (self.pgdata / "PG_VERSION").exists():
+            return
+        as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w",
+                    "stop"], capture_output=True)
+        say("PostgreSQL stopped")
+
+
+@dataclass
+class Redis:
+    root: Path
+    port: int
+    throwaway: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "redis.pid"
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if not server:
+            fail("redis-server not found (run scripts/bootstrap.sh)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._ping():
+            say(f"Redis already running on 127.0.0.1:{self.port}")
+            return
+        if port_open(self.port):
+            fail(f"port {self.port} is taken by another program (set REDIS_PORT)")
+        persistence = (["--save", "", "--appendonly", "no"] if self.throwaway
+                       else ["--save", "60 1", "--appendonly", "yes"])
+        subprocess.run(
+            [server, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root),
+             "--daemonize", "yes", "--pidfile", str(self.pidfile),
+             "--logfile", str(self.root / "redis.log"), *persistence],
+            check=True,
+        )
+        for _ in range(100):
+            if self._ping():
+                say(f"Redis listening on 127.0.0.1:{self.port}")
+                return
+            time.sleep(0.1)
+        fail(f"Redis did not start; see {self.root / 'redis.log'}")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            pid = int(self.pidfile.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        say("Redis stopped")
+
+
+@dataclass
+class Services:
+    postgres: Postgres
+    redis: Redis
+    stack: list = field(default_factory=list)
+
+    def __enter__(self) -> Services:
+        try:
+            self.postgres.start()
+            self.stack.append(self.postgres)
+            self.redis.start()
+            self.stack.append(self.redis)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self.stack:
+            self.stack.pop().stop()
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    values = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip()
+    return values
+
+
+def write_local_env(updates: dict[str, str]) -> dict[str, str]:
+    """Keep .env (read by config/settings.py) in step with what `make run` started.
+
+    Secrets are generated once and kept, so sessions and encrypted fields survive restarts.
+    """
+    path = BASE_DIR / ".env"
+    values = read_dotenv(path)
+    values.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+    values.setdefault("FIELD_ENCRYPTION_KEY", secrets.token_urlsafe(32))
+    values.update(updates)
+    body = "".join(f"{key}={value}\n" for key, value in sorted(values.items()))
+    path.write_text("# Written by `make run`; environment variables take precedence.\n" + body)
+    path.chmod(0o600)
+    return values
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([PYTHON, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
+
+
+def wait_http(url: str, timeout_s: float, procs: list[subprocess.Popen]) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (our own loopback URL)
+                return True
+        time.sleep(0.3)
+    return False
+
+
+def cmd_run(_args: argparse.Namespace) -> int:
+    data_dir = Path(os.environ.get("DATA_DIR", BASE_DIR / ".data")).resolve()
+    host = os.environ.get("HOST", "127.0.0.1")
+    web_port = int(os.environ.get("PORT", DEFAULT_WEB_PORT))
+    pg = Postgres(data_dir / "postgres", int(os.environ.get("PG_PORT", DEFAULT_PG_PORT)))
+    redis = Redis(data_dir / "redis", int(os.environ.get("REDIS_PORT", DEFAULT_REDIS_PORT)))
+    if port_open(web_port):
+        fail(f"port {web_port} is already in use (set PORT)")
+
+    local = write_local_env(
+        {"DATABASE_URL": pg.url, "REDIS_URL": redis.url, "DATA_DIR": str(data_dir)}
+    )
+    env = {**local, **os.environ, "DATABASE_URL": pg.url, "REDIS_URL": redis.url,
+           "DATA_DIR": str(data_dir)}
+
+    with Services(pg, redis):
+        manage("migrate", "--no-input", env=env)
+        manage("collectstatic", "--no-input", "--verbosity", "0", env=env)
+        demo = subprocess.run(
+            [PYTHON, "manage.py", "demo_load"],
+            cwd=BASE_DIR, env=env, check=True, stdout=subprocess.PIPE, text=True,
+        ).stdout
+
+        celery = str(VENV_BIN / "celery")
+        commands = {
+            "web": [str(VENV_BIN / "uvicorn"), "config.asgi:application", "--host", host,
+                    "--port", str(web_port), "--no-access-log"],
+            "worker": [celery, "-A", "config.celery:app", "worker", "--loglevel=INFO",
+                       "--concurrency=2", "-n", "worker1@%h"],
+            "beat": [celery, "-A", "config.celery:app", "beat", "--loglevel=INFO",
+                     "--schedule", str(data_dir / "celerybeat-schedule")],
+        }
+        procs: dict[str, subprocess.Popen] = {}
+        stopping = False
+
+        def request_stop(_signum, _frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            for name, command in commands.items():
+                # Own sessions: Ctrl-C reaches only us, and we stop the children in order.
+                procs[name] = subprocess.Popen(command, cwd=BASE_DIR, env=env,
+                                               start_new_session=True)
+            base = f"http://{host}:{web_port}"
+            if wait_http(f"{base}/api/health", 60, list(procs.values())):
+                print(
+                    "\n"
+                    "==============================================================\n"
+                    f"  API          {base}/api/\n"
+                    f"  API docs     {base}/api/docs\n"
+                    f"  OpenAPI      {base}/api/schema\n"
+                    f"  Admin        {base}/admin/\n"
+                    f"  Health       {base}/api/health\n"
+                    f"{demo}"
+                    f"  Try: curl -H 'Authorization: Bearer <demo token>' {base}/api/whoami-v2\n"
+                    "  Ctrl-C stops everything.\n"
+                    "==============================================================\n",
+                    flush=True,
+                )
+            while not stopping:
+                dead = [name for name, p in procs.items() if p.poll() is not None]
+                if dead:
+                    say(f"{', '.join(dead)} exited; stopping everything")
+                    break
+                time.sleep(0.5)
+        finally:
+            for name in ("web", "beat", "worker"):
+                proc = procs.get(name)
+                if proc and proc.poll() is None:
+                    proc.terminate()
+            for name, proc in procs.items():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    say(f"{name} did not stop in 30 s; killing it")
+                    proc.kill()
+            say("web, worker and beat stopped")
+    return 0 if stopping else 1
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    base_tmp = os.environ.get("TEST_DATA_DIR") or None
+    root = Path(tempfile.mkdtemp(prefix="hfbill-test-", dir=base_tmp))
+    root.chmod(0o755)
+    pg = Postgres(root / "postgres", free_port(), throwaway=True)
+    redis = Redis(root / "redis", free_port(), throwaway=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "REDIS_URL": redis.url,
+        "DATA_DIR": str(root),
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "FIELD_ENCRYPTION_KEY": "test-field-encryption-key-not-for-production",
+        "DEBUG": "false",
+    }
+    try:
+        lint = subprocess.run([PYTHON, "-m", "ruff", "check", "."], cwd=BASE_DIR, check=False)
+        fmt = subprocess.run([PYTHON, "-m", "ruff", "format", "--check", "."], cwd=BASE_DIR,
+                             check=False)
+        with Services(pg, redis):
+            pytest_args = args.pytest_args or ["--cov", "--cov-report=term:skip-covered"]
+            tests = subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=BASE_DIR,
+                                   env=env, check=False)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if lint.returncode or fmt.returncode:
+        say("ruff found problems (see above); `make format` fixes most of them")
+    verdict = lint.returncode or fmt.returncode or tests.returncode
+    say("all checks passed" if verdict == 0 else f"FAILED (exit {verdict})")
+    return verdict
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the whole system with demo data")
+    test = sub.add_parser("test", help="ruff + pytest against throwaway services")
+    test.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --)")
+    args = parser.parse_args()
+    return {"run": cmd_run, "test": cmd_test}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
