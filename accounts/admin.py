@@ -93,14 +93,22 @@ class AccessTokenAddForm(forms.ModelForm):
 class AccessTokenAdmin(admin.ModelAdmin):
     """Tokens are created through the service; the secret is shown once, in a message."""
 
-    list_display = ("name", "user", "role", "token_prefix", "created_at", "last_used_at",
-                    "state")
+    list_display = ("name", "user", "role", "token_prefix", "created_at", "last_used_at", "state")
     list_filter = ("role", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("name", "user__username", "token_prefix")
     autocomplete_fields = ["user"]
     actions = ["revoke"]
-    readonly_fields = ("user", "name", "role", "permissions", "token_prefix", "token_hash",
-                       "created_at", "last_used_at", "revoked_at")
+    readonly_fields = (
+        "user",
+        "name",
+        "role",
+        "permissions",
+        "token_prefix",
+        "token_hash",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:

@@ -23,21 +23,21 @@ class WhoAmIOrgSerializer(serializers.Serializer):
     id = serializers.CharField()
     name = serializers.CharField()
     fullname = serializers.CharField()
-    roleInOrg = serializers.CharField()  # noqa: N815 (the Hub's field names)
+    roleInOrg = serializers.CharField()
     plan = serializers.CharField()
-    isEnterprise = serializers.BooleanField()  # noqa: N815
+    isEnterprise = serializers.BooleanField()
 
 
 class WhoAmIAccessTokenSerializer(serializers.Serializer):
-    displayName = serializers.CharField()  # noqa: N815
+    displayName = serializers.CharField()
     role = serializers.CharField()
-    createdAt = serializers.DateTimeField()  # noqa: N815
-    fineGrained = serializers.DictField(required=False)  # noqa: N815
+    createdAt = serializers.DateTimeField()
+    fineGrained = serializers.DictField(required=False)
 
 
 class WhoAmIAuthSerializer(serializers.Serializer):
     type = serializers.CharField()
-    accessToken = WhoAmIAccessTokenSerializer(required=False)  # noqa: N815
+    accessToken = WhoAmIAccessTokenSerializer(required=False)
 
 
 class WhoAmISerializer(serializers.Serializer):
@@ -46,7 +46,7 @@ class WhoAmISerializer(serializers.Serializer):
     name = serializers.CharField()
     fullname = serializers.CharField()
     email = serializers.CharField(allow_null=True)
-    isPro = serializers.BooleanField()  # noqa: N815
+    isPro = serializers.BooleanField()
     plan = serializers.CharField()
     orgs = WhoAmIOrgSerializer(many=True)
     auth = WhoAmIAuthSerializer()
@@ -101,14 +101,22 @@ class WhoAmIView(APIView):
 # --- access tokens ------------------------------------------------------------------------
 class AccessTokenSerializer(serializers.ModelSerializer):
     prefix = serializers.CharField(source="token_prefix")
-    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
-    lastUsedAt = serializers.DateTimeField(source="last_used_at")  # noqa: N815
-    revokedAt = serializers.DateTimeField(source="revoked_at")  # noqa: N815
+    createdAt = serializers.DateTimeField(source="created_at")
+    lastUsedAt = serializers.DateTimeField(source="last_used_at")
+    revokedAt = serializers.DateTimeField(source="revoked_at")
 
     class Meta:
         model = AccessToken
-        fields = ["id", "name", "role", "permissions", "prefix", "createdAt", "lastUsedAt",
-                  "revokedAt"]
+        fields = [
+            "id",
+            "name",
+            "role",
+            "permissions",
+            "prefix",
+            "createdAt",
+            "lastUsedAt",
+            "revokedAt",
+        ]
         read_only_fields = fields
 
 
@@ -183,11 +191,11 @@ class OrganizationSerializer(serializers.Serializer):
     fullname = serializers.CharField()
     plan = serializers.CharField()
     seats = serializers.IntegerField()
-    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+    createdAt = serializers.DateTimeField(source="created_at")
 
 
 class OrganizationDetailSerializer(OrganizationSerializer):
-    roleInOrg = serializers.CharField()  # noqa: N815
+    roleInOrg = serializers.CharField()
     members = OrganizationMemberSerializer(many=True)
 
 

@@ -35,9 +35,7 @@ class AccessTokenAuthentication(BaseAuthentication):
                 f"Unsupported authorization scheme '{scheme}'; {BEARER_HINT}."
             )
         if len(parts) != 2:
-            raise exceptions.AuthenticationFailed(
-                f"Malformed Authorization header; {BEARER_HINT}."
-            )
+            raise exceptions.AuthenticationFailed(f"Malformed Authorization header; {BEARER_HINT}.")
         secret = parts[1]
         if len(secret) > TOKEN_LENGTH:
             raise exceptions.AuthenticationFailed(

@@ -104,10 +104,11 @@ class Organization(models.Model):
             models.CheckConstraint(
                 condition=Q(plan__in=OrgPlan.values), name="accounts_organization_plan_valid"
             ),
-            models.CheckConstraint(condition=Q(seats__gte=1), name="accounts_organization_seats_min"),
             models.CheckConstraint(
-                condition=Q(spending_limit_nanousd__isnull=True)
-                | Q(spending_limit_nanousd__gte=0),
+                condition=Q(seats__gte=1), name="accounts_organization_seats_min"
+            ),
+            models.CheckConstraint(
+                condition=Q(spending_limit_nanousd__isnull=True) | Q(spending_limit_nanousd__gte=0),
                 name="accounts_organization_spending_limit_non_negative",
             ),
         ]

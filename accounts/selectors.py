@@ -5,9 +5,7 @@ from accounts.tokens import token_hash
 
 
 def access_token_get_by_secret(*, secret: str) -> AccessToken | None:
-    return (
-        AccessToken.objects.select_related("user").filter(token_hash=token_hash(secret)).first()
-    )
+    return AccessToken.objects.select_related("user").filter(token_hash=token_hash(secret)).first()
 
 
 def access_token_list(*, user: User) -> QuerySet[AccessToken]:

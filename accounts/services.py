@@ -52,8 +52,9 @@ def _validate_choice(value: str, choices: Iterable[str], *, field: str) -> str:
 
 def _ensure_name_free(name: str) -> None:
     if selectors.name_taken(name=name):
-        raise Conflict(f"The name {name!r} is already taken by a user or an organization.",
-                       field="name")
+        raise Conflict(
+            f"The name {name!r} is already taken by a user or an organization.", field="name"
+        )
 
 
 @transaction.atomic
@@ -69,11 +70,18 @@ def user_create(
     _validate_name(name)
     _validate_choice(plan, UserPlan.values, field="plan")
     if len(fullname) > FULLNAME_MAX_LENGTH:
-        raise ApiError(f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.",
-                       field="fullname")
+        raise ApiError(
+            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.", field="fullname"
+        )
     _ensure_name_free(name)
-    user = User(username=name, email=email, plan=plan, fullname=fullname, is_staff=is_staff,
-                is_superuser=is_staff)
+    user = User(
+        username=name,
+        email=email,
+        plan=plan,
+        fullname=fullname,
+        is_staff=is_staff,
+        is_superuser=is_staff,
+    )
     if password:
         user.set_password(password)
     else:
@@ -101,14 +109,21 @@ def organization_create(
     if not isinstance(seats, int) or seats < 1:
         raise ApiError("seats must be a whole number of at least 1.", field="seats")
     if spending_limit_nanousd is not None and spending_limit_nanousd < 0:
-        raise ApiError("spending_limit_nanousd must not be negative.",
-                       field="spending_limit_nanousd")
+        raise ApiError(
+            "spending_limit_nanousd must not be negative.", field="spending_limit_nanousd"
+        )
     if len(fullname) > FULLNAME_MAX_LENGTH:
-        raise ApiError(f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.",
-                       field="fullname")
+        raise ApiError(
+            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.", field="fullname"
+        )
     _ensure_name_free(name)
-    org = Organization(name=name, fullname=fullname, plan=plan, seats=seats,
-                       spending_limit_nanousd=spending_limit_nanousd)
+    org = Organization(
+        name=name,
+        fullname=fullname,
+        plan=plan,
+        seats=seats,
+        spending_limit_nanousd=spending_limit_nanousd,
+    )
     try:
         with transaction.atomic():
             org.save()
@@ -154,8 +169,9 @@ def access_token_create(
     _validate_choice(role, TokenRole.values, field="role")
     permissions = sorted(set(permissions))
     if role != TokenRole.FINE_GRAINED and permissions:
-        raise ApiError("permissions can only be given to a fine-grained token.",
-                       field="permissions")
+        raise ApiError(
+            "permissions can only be given to a fine-grained token.", field="permissions"
+        )
     unknown = [p for p in permissions if p not in FINE_GRAINED_PERMISSIONS]
     if unknown:
         raise ApiError(

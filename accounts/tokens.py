@@ -9,7 +9,7 @@ import re
 import secrets
 import string
 
-TOKEN_PREFIX = "hf_"
+TOKEN_PREFIX = "hf_"  # noqa: S105 (a prefix, not a secret)
 TOKEN_BODY_LENGTH = 34
 TOKEN_LENGTH = len(TOKEN_PREFIX) + TOKEN_BODY_LENGTH
 TOKEN_RE = re.compile(rf"^{TOKEN_PREFIX}[A-Za-z0-9]{{{TOKEN_BODY_LENGTH}}}$")

@@ -14,7 +14,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-INSECURE_SECRET_KEY = "insecure-local-development-key-change-me"
+INSECURE_SECRET_KEY = "insecure-local-development-key-change-me"  # noqa: S105
 INSECURE_FIELD_KEY = "insecure-local-field-encryption-key"
 
 DEBUG = env.bool("DEBUG", default=True)
@@ -79,9 +79,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": env.db_url(
-        "DATABASE_URL", default="postgres://postgres@127.0.0.1:54329/hfbill"
-    ),
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:54329/hfbill"),
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

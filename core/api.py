@@ -15,7 +15,7 @@ def _check_database() -> str:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         return "ok"
-    except Exception:  # noqa: BLE001 (health reports, never raises)
+    except Exception:
         return "error"
 
 

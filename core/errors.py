@@ -36,8 +36,14 @@ class ApiError(exceptions.APIException):
     status_code = 400
     default_code = "bad_request"
 
-    def __init__(self, message: str, *, status: int = 400, code: str = "bad_request",
-                 field: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        code: str = "bad_request",
+        field: str | None = None,
+    ):
         super().__init__(detail=message, code=code)
         self.status_code = status
         self.code = code
@@ -82,8 +88,10 @@ def _validation_body(exc: exceptions.ValidationError) -> dict:
         parts.append(text if name == "non_field_errors" else f"{name}: {text}")
     codes = exc.get_codes()
     error_type = "validation_error"
-    if isinstance(codes, dict) and codes and all(
-        c == ["unknown_field"] or c == "unknown_field" for c in codes.values()
+    if (
+        isinstance(codes, dict)
+        and codes
+        and all(c == ["unknown_field"] or c == "unknown_field" for c in codes.values())
     ):
         error_type = "unknown_field"
     return error_body("; ".join(parts) or "Invalid input.", error_type, fields)

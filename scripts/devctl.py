@@ -148,8 +148,9 @@ class Postgres:
         log = self.root / "postgresql.log"
         log.touch()
         self._chown(log)
-        status = as_pg_user([str(bindir / "pg_ctl"), "-D", str(self.pgdata), "status"],
-                            capture_output=True)
+        status = as_pg_user(
+            [str(bindir / "pg_ctl"), "-D", str(self.pgdata), "status"], capture_output=True
+        )
         if status.returncode == 0:
             say(f"PostgreSQL already running for {self.pgdata}")
         else:
@@ -162,12 +163,23 @@ class Postgres:
                 "-c max_connections=200",
             ]
             if self.throwaway:  # durability is pointless for a cluster deleted after the run
-                options += ["-c fsync=off", "-c synchronous_commit=off",
-                            "-c full_page_writes=off"]
+                options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
             result = as_pg_user(
-                [str(bindir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-w",
-                 "-t", "60", "-o", " ".join(options), "start"],
-                capture_output=True, text=True,
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self.pgdata),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    " ".join(options),
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
             )
             if result.returncode != 0:
                 fail(f"PostgreSQL did not start; see {log}:\n{log.read_text()[-2000:]}")
@@ -175,24 +187,44 @@ class Postgres:
         self._create_database(bindir)
 
     def _create_database(self, bindir: Path) -> None:
-        psql = [str(bindir / "psql") if (bindir / "psql").exists() else "psql",
-                "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-XAtq"]
+        psql = [
+            str(bindir / "psql") if (bindir / "psql").exists() else "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-XAtq",
+        ]
         exists = subprocess.run(
-            [*psql, "-d", "postgres", "-c",
-             f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"],
-            capture_output=True, text=True, check=False,
+            [
+                *psql,
+                "-d",
+                "postgres",
+                "-c",
+                f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'",  # noqa: S608
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if exists.returncode != 0:
             fail(f"cannot query PostgreSQL: {exists.stderr}")
         if exists.stdout.strip() != "1":
-            subprocess.run([*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"],
+                check=True,
+                capture_output=True,
+            )
 
     def stop(self) -> None:
         if not (self.pgdata / "PG_VERSION").exists():
             return
-        as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w",
-                    "stop"], capture_output=True)
+        as_pg_user(
+            [str(pg_bindir() / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
         say("PostgreSQL stopped")
 
 
@@ -220,12 +252,28 @@ class Redis:
             return
         if port_open(self.port):
             fail(f"port {self.port} is taken by another program (set REDIS_PORT)")
-        persistence = (["--save", "", "--appendonly", "no"] if self.throwaway
-                       else ["--save", "60 1", "--appendonly", "yes"])
+        persistence = (
+            ["--save", "", "--appendonly", "no"]
+            if self.throwaway
+            else ["--save", "60 1", "--appendonly", "yes"]
+        )
         subprocess.run(
-            [server, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root),
-             "--daemonize", "yes", "--pidfile", str(self.pidfile),
-             "--logfile", str(self.root / "redis.log"), *persistence],
+            [
+                server,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.root),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.root / "redis.log"),
+                *persistence,
+            ],
             check=True,
         )
         for _ in range(100):
@@ -310,9 +358,8 @@ def wait_http(url: str, timeout_s: float, procs: list[subprocess.Popen]) -> bool
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
             return False
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (our own loopback URL)
-                return True
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2):  # noqa: S310
+            return True
         time.sleep(0.3)
     return False
 
@@ -329,25 +376,56 @@ def cmd_run(_args: argparse.Namespace) -> int:
     local = write_local_env(
         {"DATABASE_URL": pg.url, "REDIS_URL": redis.url, "DATA_DIR": str(data_dir)}
     )
-    env = {**local, **os.environ, "DATABASE_URL": pg.url, "REDIS_URL": redis.url,
-           "DATA_DIR": str(data_dir)}
+    env = {
+        **local,
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "REDIS_URL": redis.url,
+        "DATA_DIR": str(data_dir),
+    }
 
     with Services(pg, redis):
         manage("migrate", "--no-input", env=env)
         manage("collectstatic", "--no-input", "--verbosity", "0", env=env)
         demo = subprocess.run(
             [PYTHON, "manage.py", "demo_load"],
-            cwd=BASE_DIR, env=env, check=True, stdout=subprocess.PIPE, text=True,
+            cwd=BASE_DIR,
+            env=env,
+            check=True,
+            stdout=subprocess.PIPE,
+            text=True,
         ).stdout
 
         celery = str(VENV_BIN / "celery")
         commands = {
-            "web": [str(VENV_BIN / "uvicorn"), "config.asgi:application", "--host", host,
-                    "--port", str(web_port), "--no-access-log"],
-            "worker": [celery, "-A", "config.celery:app", "worker", "--loglevel=INFO",
-                       "--concurrency=2", "-n", "worker1@%h"],
-            "beat": [celery, "-A", "config.celery:app", "beat", "--loglevel=INFO",
-                     "--schedule", str(data_dir / "celerybeat-schedule")],
+            "web": [
+                str(VENV_BIN / "uvicorn"),
+                "config.asgi:application",
+                "--host",
+                host,
+                "--port",
+                str(web_port),
+                "--no-access-log",
+            ],
+            "worker": [
+                celery,
+                "-A",
+                "config.celery:app",
+                "worker",
+                "--loglevel=INFO",
+                "--concurrency=2",
+                "-n",
+                "worker1@%h",
+            ],
+            "beat": [
+                celery,
+                "-A",
+                "config.celery:app",
+                "beat",
+                "--loglevel=INFO",
+                "--schedule",
+                str(data_dir / "celerybeat-schedule"),
+            ],
         }
         procs: dict[str, subprocess.Popen] = {}
         stopping = False
@@ -361,8 +439,9 @@ def cmd_run(_args: argparse.Namespace) -> int:
         try:
             for name, command in commands.items():
                 # Own sessions: Ctrl-C reaches only us, and we stop the children in order.
-                procs[name] = subprocess.Popen(command, cwd=BASE_DIR, env=env,
-                                               start_new_session=True)
+                procs[name] = subprocess.Popen(
+                    command, cwd=BASE_DIR, env=env, start_new_session=True
+                )
             base = f"http://{host}:{web_port}"
             if wait_http(f"{base}/api/health", 60, list(procs.values())):
                 print(
@@ -404,6 +483,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     base_tmp = os.environ.get("TEST_DATA_DIR") or None
     root = Path(tempfile.mkdtemp(prefix="hfbill-test-", dir=base_tmp))
     root.chmod(0o755)
+    (root / "static").mkdir()  # STATIC_ROOT (settings derive it from DATA_DIR)
     pg = Postgres(root / "postgres", free_port(), throwaway=True)
     redis = Redis(root / "redis", free_port(), throwaway=True)
     env = {
@@ -417,12 +497,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     }
     try:
         lint = subprocess.run([PYTHON, "-m", "ruff", "check", "."], cwd=BASE_DIR, check=False)
-        fmt = subprocess.run([PYTHON, "-m", "ruff", "format", "--check", "."], cwd=BASE_DIR,
-                             check=False)
+        fmt = subprocess.run(
+            [PYTHON, "-m", "ruff", "format", "--check", "."], cwd=BASE_DIR, check=False
+        )
         with Services(pg, redis):
             pytest_args = args.pytest_args or ["--cov", "--cov-report=term:skip-covered"]
-            tests = subprocess.run([PYTHON, "-m", "pytest", *pytest_args], cwd=BASE_DIR,
-                                   env=env, check=False)
+            tests = subprocess.run(
+                [PYTHON, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env, check=False
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if lint.returncode or fmt.returncode:
@@ -433,8 +515,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start the whole system with demo data")
     test = sub.add_parser("test", help="ruff + pytest against throwaway services")

@@ -15,10 +15,18 @@ class Command(ServiceCommand):
         parser.add_argument("--plan", choices=OrgPlan.values, default=OrgPlan.FREE)
         parser.add_argument("--seats", type=int, default=1)
         parser.add_argument("--fullname", default="")
-        parser.add_argument("--spending-limit-usd", metavar="USD",
-                            help="monthly pay-as-you-go limit in USD, e.g. 250.00")
-        parser.add_argument("--member", action="append", default=[], metavar="USER:ROLE",
-                            help=f"repeatable; ROLE is one of {', '.join(Role.values)}")
+        parser.add_argument(
+            "--spending-limit-usd",
+            metavar="USD",
+            help="monthly pay-as-you-go limit in USD, e.g. 250.00",
+        )
+        parser.add_argument(
+            "--member",
+            action="append",
+            default=[],
+            metavar="USER:ROLE",
+            help=f"repeatable; ROLE is one of {', '.join(Role.values)}",
+        )
 
     def handle(self, *args, name, plan, seats, fullname, spending_limit_usd, member, **options):
         members = []
@@ -41,9 +49,15 @@ class Command(ServiceCommand):
                 raise CommandError(f"--spending-limit-usd: {exc}") from exc
         with transaction.atomic():
             org = services.organization_create(
-                name=name, fullname=fullname, plan=plan, seats=seats,
-                spending_limit_nanousd=limit, members=members,
+                name=name,
+                fullname=fullname,
+                plan=plan,
+                seats=seats,
+                spending_limit_nanousd=limit,
+                members=members,
             )
-        self.say(f"Created organization {org.name} (plan {org.plan}, {org.seats} seat(s), "
-                 f"{len(members)} member(s)).")
+        self.say(
+            f"Created organization {org.name} (plan {org.plan}, {org.seats} seat(s), "
+            f"{len(members)} member(s))."
+        )
         self.stdout.write(org.name)

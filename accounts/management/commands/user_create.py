@@ -11,15 +11,17 @@ class Command(ServiceCommand):
         parser.add_argument("--plan", choices=UserPlan.values, default=UserPlan.FREE)
         parser.add_argument("--email", default="")
         parser.add_argument("--fullname", default="")
-        parser.add_argument("--staff", action="store_true",
-                            help="staff and superuser: may log into the admin")
+        parser.add_argument(
+            "--staff", action="store_true", help="staff and superuser: may log into the admin"
+        )
         parser.add_argument("--password", help="admin login password (with --staff)")
 
     def handle(self, *args, name, plan, email, fullname, staff, password, **options):
         if staff and not password:
             self.stderr.write("--staff needs --password (the admin login)")
             raise SystemExit(2)
-        user = services.user_create(name=name, plan=plan, email=email, fullname=fullname,
-                                    is_staff=staff, password=password)
+        user = services.user_create(
+            name=name, plan=plan, email=email, fullname=fullname, is_staff=staff, password=password
+        )
         self.say(f"Created user {user.username} (plan {user.plan}{', staff' if staff else ''}).")
         self.stdout.write(user.username)

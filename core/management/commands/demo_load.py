@@ -26,8 +26,9 @@ class Command(ServiceCommand):
         created = 0
         admin = data["admin"]
         if selectors.user_get(name=admin["name"]) is None:
-            services.user_create(name=admin["name"], email=admin["email"], is_staff=True,
-                                 password=admin["password"])
+            services.user_create(
+                name=admin["name"], email=admin["email"], is_staff=True, password=admin["password"]
+            )
             created += 1
         for spec in data["users"]:
             if selectors.user_get(name=spec["name"]) is None:

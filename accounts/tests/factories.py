@@ -1,0 +1,45 @@
+import factory
+
+from accounts import services
+from accounts.models import Membership, Organization, OrgPlan, Role, TokenRole, User, UserPlan
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = User
+        django_get_or_create = ("username",)
+
+    username = factory.Sequence(lambda n: f"user-{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    plan = UserPlan.FREE
+
+
+class OrganizationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Organization
+
+    name = factory.Sequence(lambda n: f"org-{n}")
+    plan = OrgPlan.TEAM
+    seats = 2
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    user = factory.SubFactory(UserFactory)
+    organization = factory.SubFactory(OrganizationFactory)
+    role = Role.WRITE
+
+
+def token_for(user: User, role: str = TokenRole.WRITE, permissions=()) -> str:
+    """A fresh token's secret for `user`."""
+    _, secret = services.access_token_create(
+        user=user, name=f"{role} test token", role=role, permissions=permissions
+    )
+    return secret
+
+
+def bearer(secret: str) -> dict:
+    """Request kwargs for DRF's APIClient: `client.get(url, **bearer(secret))`."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
