@@ -494,6 +494,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         "SECRET_KEY": "test-secret-key-not-for-production",
         "FIELD_ENCRYPTION_KEY": "test-field-encryption-key-not-for-production",
         "DEBUG": "false",
+        "DB_CONN_MAX_AGE": "0",  # no connection outlives a test (the test DB is dropped)
     }
     try:
         lint = subprocess.run([PYTHON, "-m", "ruff", "check", "."], cwd=BASE_DIR, check=False)
