@@ -40,7 +40,9 @@ DEFAULT_WEB_PORT = 8000
 
 
 def say(message: str) -> None:
-    print(f"devctl: {message}", file=sys.stderr, flush=True)
+    # A closed terminal or pipe must not abort a shutdown half-way.
+    with contextlib.suppress(OSError):
+        print(f"devctl: {message}", file=sys.stderr, flush=True)
 
 
 def fail(message: str) -> None:
