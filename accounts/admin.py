@@ -139,7 +139,7 @@ class AccessTokenAdmin(admin.ModelAdmin):
         except ApiError as exc:
             messages.error(request, str(exc.detail))
             return
-        obj.pk = token.pk
+        obj.pk, obj.token_prefix, obj.created_at = token.pk, token.token_prefix, token.created_at
         messages.warning(
             request,
             f"Token created: {secret} — copy it now, it will not be shown again.",

@@ -16,7 +16,8 @@ from django.db.models.functions import Lower
 from core.ids import object_id
 
 NAME_MAX_LENGTH = 96
-NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$"
+# \Z, not $: "$" also matches before a trailing newline, which would let "bob\n" in.
+NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?\Z"
 name_validator = RegexValidator(
     NAME_PATTERN,
     "Use 1 to 96 ASCII letters, digits, '-', '_' or '.', starting and ending with a letter "

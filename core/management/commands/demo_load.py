@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.db import transaction
 
 from accounts import selectors, services
@@ -22,7 +23,10 @@ class Command(ServiceCommand):
 
     @transaction.atomic
     def handle(self, *args, file: Path, **options):
-        data = json.loads(file.read_text())
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"cannot read demo data from {file}: {exc}") from exc
         created = 0
         admin = data["admin"]
         if selectors.user_get(name=admin["name"]) is None:
