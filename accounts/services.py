@@ -50,6 +50,22 @@ def _validate_choice(value: str, choices: Iterable[str], *, field: str) -> str:
     return value
 
 
+def _validate_fullname(fullname: str) -> None:
+    if len(fullname) > FULLNAME_MAX_LENGTH:
+        raise ApiError(
+            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.", field="fullname"
+        )
+
+
+def _save_named(obj: User | Organization, name: str) -> None:
+    """Saves a new user or organization; losing a race for the name is a 409."""
+    try:
+        with transaction.atomic():
+            obj.save()
+    except IntegrityError as exc:
+        raise Conflict(f"The name {name!r} is already taken.", field="name") from exc
+
+
 def _ensure_name_free(name: str) -> None:
     if selectors.name_taken(name=name):
         raise Conflict(
@@ -69,10 +85,7 @@ def user_create(
 ) -> User:
     _validate_name(name)
     _validate_choice(plan, UserPlan.values, field="plan")
-    if len(fullname) > FULLNAME_MAX_LENGTH:
-        raise ApiError(
-            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.", field="fullname"
-        )
+    _validate_fullname(fullname)
     _ensure_name_free(name)
     user = User(
         username=name,
@@ -86,11 +99,7 @@ def user_create(
         user.set_password(password)
     else:
         user.set_unusable_password()
-    try:
-        with transaction.atomic():
-            user.save()
-    except IntegrityError as exc:  # a concurrent create of the same name won the race
-        raise Conflict(f"The name {name!r} is already taken.", field="name") from exc
+    _save_named(user, name)
     return user
 
 
@@ -112,10 +121,7 @@ def organization_create(
         raise ApiError(
             "spending_limit_nanousd must not be negative.", field="spending_limit_nanousd"
         )
-    if len(fullname) > FULLNAME_MAX_LENGTH:
-        raise ApiError(
-            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.", field="fullname"
-        )
+    _validate_fullname(fullname)
     _ensure_name_free(name)
     org = Organization(
         name=name,
@@ -124,11 +130,7 @@ def organization_create(
         seats=seats,
         spending_limit_nanousd=spending_limit_nanousd,
     )
-    try:
-        with transaction.atomic():
-            org.save()
-    except IntegrityError as exc:
-        raise Conflict(f"The name {name!r} is already taken.", field="name") from exc
+    _save_named(org, name)
     for user, role in members:
         membership_set(organization=org, user=user, role=role)
     return org

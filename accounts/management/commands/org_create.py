@@ -1,5 +1,4 @@
 from django.core.management.base import CommandError
-from django.db import transaction
 
 from accounts import selectors, services
 from accounts.models import OrgPlan, Role
@@ -47,15 +46,14 @@ class Command(ServiceCommand):
                 limit = usd_to_nanousd(spending_limit_usd)
             except MoneyError as exc:
                 raise CommandError(f"--spending-limit-usd: {exc}") from exc
-        with transaction.atomic():
-            org = services.organization_create(
-                name=name,
-                fullname=fullname,
-                plan=plan,
-                seats=seats,
-                spending_limit_nanousd=limit,
-                members=members,
-            )
+        org = services.organization_create(  # one transaction, members included
+            name=name,
+            fullname=fullname,
+            plan=plan,
+            seats=seats,
+            spending_limit_nanousd=limit,
+            members=members,
+        )
         self.say(
             f"Created organization {org.name} (plan {org.plan}, {org.seats} seat(s), "
             f"{len(members)} member(s))."
