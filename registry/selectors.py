@@ -1,0 +1,279 @@
+"""Reads for the registry: who serves which hub model, in which order, for whom.
+
+Resolution of a hub model's providers (the Hub API's `inferenceProviderMapping`):
+- candidates are the model's single-model mappings and every tag-filter mapping whose tags the
+  model carries, of active providers;
+- a `staging` mapping is visible only to members of the provider's organization;
+- one entry per provider: a single-model mapping beats a tag-filter one, then live beats
+  staging, then healthy beats failing, then the oldest wins;
+- order: usable entries first, in the caller's provider order (the caller's preference when
+  set, else usage over 7 days, else alphabetical), then entries whose last validation failed,
+  shown with status "error".
+All of it takes a constant number of queries, whatever the number of models or mappings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from django.db.models import Exists, OuterRef, Q, QuerySet
+
+from registry.models import (
+    HubModel,
+    Mapping,
+    MappingHealth,
+    MappingStatus,
+    MappingType,
+    Provider,
+    ProviderState,
+)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is asking: decides staging visibility and provider order."""
+
+    organization_ids: frozenset[int] = frozenset()
+    # Provider slugs in the caller's order of preference (empty: no preference).
+    provider_order: Sequence[str] = field(default_factory=tuple)
+
+
+ANONYMOUS = Viewer()
+
+
+def viewer_for(user) -> Viewer:
+    if user is None or not user.is_authenticated:
+        return ANONYMOUS
+    org_ids = frozenset(user.memberships.values_list("organization_id", flat=True))
+    return Viewer(organization_ids=org_ids)
+
+
+def provider_get(*, slug: str) -> Provider | None:
+    return Provider.objects.select_related("organization").filter(slug=slug).first()
+
+
+def provider_list() -> QuerySet[Provider]:
+    return Provider.objects.select_related("organization").order_by("slug")
+
+
+def mapping_get(*, provider: Provider, public_id: str) -> Mapping | None:
+    return (
+        Mapping.objects.select_related("hub_model")
+        .filter(provider=provider, public_id=public_id)
+        .first()
+    )
+
+
+def mapping_list_for_hf_model(*, provider: Provider, hf_model: str) -> QuerySet[Mapping]:
+    return Mapping.objects.filter(
+        provider=provider, type=MappingType.SINGLE_MODEL, hub_model__model_id=hf_model
+    )
+
+
+def hub_model_get(*, model_id: str) -> HubModel | None:
+    return HubModel.objects.filter(model_id=model_id).first()
+
+
+# --- partner list ----------------------------------------------------------------------------
+def mapping_item(mapping: Mapping) -> dict:
+    """One mapping as the partner API shows it after a create or a status change."""
+    item = {"_id": mapping.public_id, "type": mapping.type, "task": mapping.task}
+    if mapping.type == MappingType.SINGLE_MODEL:
+        item["hfModel"] = mapping.hub_model.model_id
+    else:
+        item["tags"] = list(mapping.tags)
+        item["adapterType"] = mapping.adapter_type
+    item.update(
+        providerModel=mapping.provider_model,
+        providerId=mapping.provider_model,
+        status=mapping.status,
+        health=mapping.health,
+    )
+    return item
+
+
+def partner_mapping_list(*, provider: Provider, status: str | None = None) -> dict:
+    """The public `GET /api/partners/<provider>/models`: grouped by task, then keyed by hub
+    model id or `tag-filter=<sorted tags>`, exactly as the partner docs show."""
+    rows = Mapping.objects.filter(provider=provider)
+    if status:
+        rows = rows.filter(status=status)
+    rows = rows.order_by("task", "created_at", "id").values_list(
+        "public_id", "task", "type", "hub_model__model_id", "tags", "adapter_type",
+        "provider_model", "status",
+    )  # fmt: skip
+    grouped: dict[str, dict] = {}
+    for public_id, task, kind, model_id, tags, adapter_type, provider_model, state in rows:
+        group = grouped.setdefault(task, {})
+        if kind == MappingType.SINGLE_MODEL:
+            group[model_id] = {"_id": public_id, "providerId": provider_model, "status": state}
+        else:
+            group["tag-filter=" + ",".join(tags)] = {
+                "_id": public_id,
+                "status": state,
+                "providerId": provider_model,
+                "adapterType": adapter_type,
+                "tags": tags,
+            }
+    return grouped
+
+
+# --- provider resolution for hub models --------------------------------------------------------
+@dataclass(frozen=True)
+class _Row:
+    hub_model_id: int | None
+    task: str
+    type: str
+    tags: tuple[str, ...]
+    adapter_type: str
+    provider_model: str
+    status: str
+    health: str
+    created_at: object
+    slug: str
+    organization_id: int
+
+    @property
+    def usable(self) -> bool:
+        return self.health != MappingHealth.ERROR
+
+    def preference(self) -> tuple:
+        return (
+            self.type != MappingType.SINGLE_MODEL,
+            self.status != MappingStatus.LIVE,
+            not self.usable,
+            self.created_at,
+        )
+
+
+_ROW_FIELDS = (
+    "hub_model_id", "task", "type", "tags", "adapter_type", "provider_model", "status",
+    "health", "created_at", "provider__slug", "provider__organization_id",
+)  # fmt: skip
+
+
+def _visible(viewer: Viewer) -> Q:
+    if viewer.organization_ids:
+        return Q(status=MappingStatus.LIVE) | Q(
+            provider__organization_id__in=viewer.organization_ids
+        )
+    return Q(status=MappingStatus.LIVE)
+
+
+def _candidate_rows(models: Sequence[HubModel], viewer: Viewer) -> list[_Row]:
+    if not models:
+        return []
+    all_tags = sorted({tag for m in models for tag in m.tags})
+    applies = Q(type=MappingType.SINGLE_MODEL, hub_model_id__in=[m.pk for m in models])
+    if all_tags:
+        applies |= Q(type=MappingType.TAG_FILTER, tags__contained_by=all_tags)
+    rows = Mapping.objects.filter(
+        applies, _visible(viewer), provider__state=ProviderState.ACTIVE
+    ).values_list(*_ROW_FIELDS)
+    return [_Row(r[0], r[1], r[2], tuple(r[3]), *r[4:]) for r in rows]
+
+
+def _provider_sort_key(viewer: Viewer):
+    preferred = {slug: i for i, slug in enumerate(viewer.provider_order)}
+    # Until usage exists (billing), the default order after preferences is alphabetical.
+    return lambda slug: (preferred.get(slug, len(preferred)), slug)
+
+
+@dataclass(frozen=True)
+class ProviderMapping:
+    """The resolved providers of one hub model, in selection order."""
+
+    entries: list[tuple[str, dict]]  # (provider slug, entry)
+    warm: bool
+
+    def as_dict(self) -> dict:
+        return dict(self.entries)
+
+    def as_list(self, model_id: str) -> list[dict]:
+        return [{"provider": slug, "hfModelId": model_id, **e} for slug, e in self.entries]
+
+
+def _resolve(model: HubModel, rows: Iterable[_Row], viewer: Viewer) -> ProviderMapping:
+    model_tags = set(model.tags)
+    best: dict[str, _Row] = {}
+    for row in rows:
+        if row.type == MappingType.SINGLE_MODEL:
+            if row.hub_model_id != model.pk:
+                continue
+        elif not model_tags.issuperset(row.tags):
+            continue
+        current = best.get(row.slug)
+        if current is None or row.preference() < current.preference():
+            best[row.slug] = row
+    sort_key = _provider_sort_key(viewer)
+    ordered = sorted(best.values(), key=lambda r: (not r.usable, sort_key(r.slug)))
+    entries = []
+    for row in ordered:
+        entry = {
+            "status": row.status if row.usable else "error",
+            "providerId": row.provider_model,
+            "task": row.task,
+        }
+        if row.type == MappingType.TAG_FILTER:
+            entry["type"] = MappingType.TAG_FILTER
+            entry["adapter"] = row.adapter_type
+            entry["adapterWeightsPath"] = model.adapter_weights_path
+        entries.append((row.slug, entry))
+    warm = any(r.status == MappingStatus.LIVE and r.usable for r in best.values())
+    return ProviderMapping(entries=entries, warm=warm)
+
+
+def provider_mapping_for_models(
+    *, models: Sequence[HubModel], viewer: Viewer = ANONYMOUS
+) -> dict[int, ProviderMapping]:
+    """Resolved providers for many hub models in one query: {hub model pk: ProviderMapping}."""
+    rows = _candidate_rows(models, viewer)
+    return {m.pk: _resolve(m, rows, viewer) for m in models}
+
+
+def provider_mapping_for_model(*, model: HubModel, viewer: Viewer = ANONYMOUS) -> ProviderMapping:
+    return provider_mapping_for_models(models=[model], viewer=viewer)[model.pk]
+
+
+# --- model list --------------------------------------------------------------------------------
+def _served(viewer: Viewer, providers: Sequence[str] | None, *, warm_only: bool = False):
+    """Q for hub models with at least one visible mapping of an active provider in
+    `providers` (None: any provider)."""
+    mappings = Mapping.objects.filter(_visible(viewer), provider__state=ProviderState.ACTIVE)
+    if providers is not None:
+        mappings = mappings.filter(provider__slug__in=providers)
+    if warm_only:
+        mappings = mappings.filter(status=MappingStatus.LIVE).exclude(health=MappingHealth.ERROR)
+    single = mappings.filter(type=MappingType.SINGLE_MODEL, hub_model_id=OuterRef("pk"))
+    by_tags = mappings.filter(type=MappingType.TAG_FILTER, tags__contained_by=OuterRef("tags"))
+    return Exists(single) | Exists(by_tags)
+
+
+def hub_model_list(
+    *,
+    viewer: Viewer = ANONYMOUS,
+    providers: Sequence[str] | None = None,
+    any_provider: bool = False,
+    warm: bool = False,
+    pipeline_tag: str | None = None,
+    author: str | None = None,
+    search: str | None = None,
+    after: str | None = None,
+    limit: int,
+) -> list[HubModel]:
+    """One page of hub models ordered by id, starting after the id `after` (keyset paging)."""
+    models = HubModel.objects.all()
+    if providers or any_provider:
+        models = models.filter(_served(viewer, None if any_provider else providers))
+    if warm:
+        models = models.filter(_served(viewer, None, warm_only=True))
+    if pipeline_tag:
+        models = models.filter(pipeline_tag=pipeline_tag)
+    if author:
+        models = models.filter(author=author)
+    if search:
+        models = models.filter(model_id__icontains=search)
+    if after:
+        models = models.filter(model_id__gt=after)
+    return list(models.order_by("model_id")[:limit])

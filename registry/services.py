@@ -1,0 +1,369 @@
+"""Writes for the registry: providers, the hub model catalog, mappings."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import URLValidator
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import selectors as accounts_selectors
+from accounts.models import Organization, OrgPlan, Role, TokenRole, User
+from core.errors import ApiError, Conflict
+from registry.models import (
+    MODEL_ID_MAX_LENGTH,
+    MODEL_ID_PATTERN,
+    PROVIDER_SLUG_PATTERN,
+    AdapterType,
+    HubModel,
+    Mapping,
+    MappingStatus,
+    MappingType,
+    Provider,
+)
+from registry.task_types import TASKS, model_supports_task
+
+TAGS_MAX = 20
+TAG_MAX_LENGTH = 200
+PROVIDER_MODEL_MAX_LENGTH = 255
+PARTNER_PLANS = frozenset({OrgPlan.TEAM, OrgPlan.ENTERPRISE})
+PARTNER_ROLES = frozenset({Role.WRITE, Role.ADMIN})
+
+
+# --- providers -----------------------------------------------------------------------------
+def _validate_url(value: str, *, field: str, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise ApiError(f"{field} is required.", field=field)
+        return value
+    try:
+        URLValidator(schemes=["http", "https"])(value)
+    except DjangoValidationError as exc:
+        raise ApiError(f"{field}: {value!r} is not an http(s) URL.", field=field) from exc
+    return value
+
+
+def provider_create(
+    *,
+    slug: str,
+    organization: Organization,
+    base_url: str,
+    cost_url: str = "",
+    api_key: str = "",
+    chat_route: str = "/v1/chat/completions",
+    request_id_header: str = "Inference-Id",
+    first_cost_query_delay_s: int = 0,
+    display_name: str = "",
+) -> Provider:
+    if not re.match(PROVIDER_SLUG_PATTERN, slug or ""):
+        raise ApiError(
+            f"Invalid provider slug {slug!r}: use lowercase letters, digits and '-'.", field="slug"
+        )
+    _validate_url(base_url, field="base_url")
+    _validate_url(cost_url, field="cost_url", required=False)
+    if not chat_route.startswith("/"):
+        raise ApiError("chat_route must start with '/'.", field="chat_route")
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", request_id_header):
+        raise ApiError("request_id_header must be an HTTP header name.", field="request_id_header")
+    if first_cost_query_delay_s < 0:
+        raise ApiError(
+            "first_cost_query_delay_s must not be negative.", field="first_cost_query_delay_s"
+        )
+    provider = Provider(
+        slug=slug,
+        display_name=display_name,
+        organization=organization,
+        base_url=base_url.rstrip("/"),
+        chat_route=chat_route,
+        api_key=api_key,
+        cost_url=cost_url,
+        request_id_header=request_id_header,
+        first_cost_query_delay_s=first_cost_query_delay_s,
+    )
+    try:
+        with transaction.atomic():
+            provider.save()
+    except IntegrityError as exc:
+        raise Conflict(f"A provider {slug!r} already exists.", field="slug") from exc
+    return provider
+
+
+# --- partner access --------------------------------------------------------------------------
+def partner_access_check(*, provider: Provider, user: User, token) -> None:
+    """May this caller manage `provider`'s mappings? Raises a 403 naming the rule that failed.
+
+    Rules (docs: "Model Mapping API" > Authentication): a token that can write (not a `read`
+    token), held by a `write` or `admin` member of the provider's organization, and that
+    organization on a team or enterprise plan.
+    """
+    org = provider.organization
+    if token is not None and token.role == TokenRole.READ:
+        raise ApiError(
+            "This is a read-only access token; managing mappings needs a write or "
+            "fine-grained token.",
+            status=403,
+            code="token_read_only",
+        )
+    membership = accounts_selectors.membership_get(user=user, organization=org)
+    if membership is None:
+        raise ApiError(
+            f"You are not a member of the organization '{org.name}' that owns provider "
+            f"'{provider.slug}'.",
+            status=403,
+            code="not_a_member",
+        )
+    if membership.role not in PARTNER_ROLES:
+        raise ApiError(
+            f"Your role in '{org.name}' is '{membership.role}'; managing mappings needs "
+            "'write' or 'admin'.",
+            status=403,
+            code="role_insufficient",
+        )
+    if org.plan not in PARTNER_PLANS:
+        raise ApiError(
+            f"The organization '{org.name}' is on the '{org.plan}' plan; the Model Mapping "
+            "API needs a team or enterprise plan.",
+            status=403,
+            code="plan_insufficient",
+        )
+
+
+# --- mappings --------------------------------------------------------------------------------
+def normalize_tags(tags: Iterable[str], *, field: str = "tags") -> list[str]:
+    """Validated, sorted tags: non-empty strings, no duplicates, bounded."""
+    tags = list(tags)
+    if not tags:
+        raise ApiError(f"{field} must not be empty.", field=field)
+    if len(tags) > TAGS_MAX:
+        raise ApiError(f"{field}: at most {TAGS_MAX} tags.", field=field)
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise ApiError(f"{field}: every tag must be a non-empty string.", field=field)
+        if len(tag) > TAG_MAX_LENGTH:
+            raise ApiError(
+                f"{field}: a tag is longer than {TAG_MAX_LENGTH} characters.", field=field
+            )
+    duplicates = sorted({t for t in tags if tags.count(t) > 1})
+    if duplicates:
+        raise ApiError(f"{field}: duplicate tag {duplicates[0]!r}.", field=field)
+    return sorted(tags)
+
+
+def _validate_task(task: str) -> str:
+    if task not in TASKS:
+        raise ApiError(f"task: unknown task {task!r}.", field="task")
+    return task
+
+
+def _validate_status(status: str) -> str:
+    if status not in MappingStatus.values:
+        raise ApiError(
+            f"status: {status!r} is not one of {', '.join(MappingStatus.values)}.", field="status"
+        )
+    return status
+
+
+def mapping_create(
+    *,
+    provider: Provider,
+    created_by: User | None,
+    task: str,
+    provider_model: str,
+    type: str = MappingType.SINGLE_MODEL,
+    hf_model: str | None = None,
+    tags: Iterable[str] | None = None,
+    adapter_type: str | None = None,
+    status: str = MappingStatus.STAGING,
+) -> Mapping:
+    _validate_task(task)
+    _validate_status(status)
+    if not provider_model or len(provider_model) > PROVIDER_MODEL_MAX_LENGTH:
+        raise ApiError(
+            f"providerModel must be 1 to {PROVIDER_MODEL_MAX_LENGTH} characters.",
+            field="providerModel",
+        )
+    mapping = Mapping(
+        provider=provider,
+        task=task,
+        type=type,
+        provider_model=provider_model,
+        status=status,
+        created_by=created_by,
+    )
+    if type == MappingType.SINGLE_MODEL:
+        if tags is not None or adapter_type is not None:
+            field = "tags" if tags is not None else "adapterType"
+            raise ApiError(f"{field} is only for tag-filter mappings.", field=field)
+        if not hf_model:
+            raise ApiError("hfModel is required.", field="hfModel")
+        hub_model = HubModel.objects.filter(model_id=hf_model).first()
+        if hub_model is None:
+            raise ApiError(
+                f"hfModel: model {hf_model!r} does not exist on the Hub.",
+                field="hfModel",
+                code="model_not_found",
+            )
+        if not model_supports_task(
+            pipeline_tag=hub_model.pipeline_tag, tags=hub_model.tags, task=task
+        ):
+            raise ApiError(
+                f"Model {hf_model} (pipeline_tag {hub_model.pipeline_tag or 'none'!r}) does not "
+                f"support task {task!r}.",
+                field="task",
+                code="task_not_supported",
+            )
+        mapping.hub_model = hub_model
+        duplicate = Mapping.objects.filter(
+            provider=provider, task=task, hub_model=hub_model, type=type
+        )
+        what = f"{hf_model} for task {task!r}"
+    elif type == MappingType.TAG_FILTER:
+        if hf_model is not None:
+            raise ApiError("hfModel is not allowed in a tag-filter mapping.", field="hfModel")
+        if adapter_type != AdapterType.LORA:
+            raise ApiError(
+                "adapterType must be 'lora' (the only adapter type supported).", field="adapterType"
+            )
+        mapping.tags = normalize_tags(tags or [])
+        mapping.adapter_type = adapter_type
+        duplicate = Mapping.objects.filter(
+            provider=provider, task=task, tags=mapping.tags, type=type
+        )
+        what = f"tags {mapping.tags} for task {task!r}"
+    else:
+        raise ApiError(f"type: {type!r} is not 'single-model' or 'tag-filter'.", field="type")
+
+    conflict = Conflict(
+        f"Provider {provider.slug} already has a mapping for {what}.",
+        field="hfModel" if type == MappingType.SINGLE_MODEL else "tags",
+    )
+    if duplicate.exists():
+        raise conflict
+    try:
+        with transaction.atomic():
+            mapping.save()
+    except IntegrityError as exc:  # a concurrent request created it first
+        raise conflict from exc
+    return mapping
+
+
+def mapping_set_status(*, mapping: Mapping, status: str) -> Mapping:
+    _validate_status(status)
+    if mapping.status != status:
+        mapping.status = status
+        mapping.save(update_fields=["status", "updated_at"])
+    return mapping
+
+
+def mapping_delete(*, mapping: Mapping) -> None:
+    mapping.delete()
+
+
+# --- hub model catalog -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+    unchanged: int
+
+
+class ImportRecordError(ApiError):
+    def __init__(self, position: int, message: str):
+        super().__init__(f"record {position}: {message}", field="records")
+        self.position = position
+
+
+def _clean_record(position: int, record) -> dict:
+    if not isinstance(record, MappingABC):
+        raise ImportRecordError(position, "expected a JSON object")
+    unknown = sorted(
+        set(record)
+        - {
+            "id",
+            "modelId",
+            "_id",
+            "pipeline_tag",
+            "tags",
+            "author",
+            "adapterWeightsPath",
+            "createdAt",
+            "lastModified",
+        }
+    )
+    if unknown:
+        raise ImportRecordError(position, f"unknown field {unknown[0]!r}")
+    model_id = record.get("id")
+    if not isinstance(model_id, str) or not re.match(MODEL_ID_PATTERN, model_id):
+        raise ImportRecordError(position, f"id {model_id!r} is not a namespace/name model id")
+    if len(model_id) > MODEL_ID_MAX_LENGTH:
+        raise ImportRecordError(position, "id is too long")
+    pipeline_tag = record.get("pipeline_tag") or ""
+    if not isinstance(pipeline_tag, str) or len(pipeline_tag) > 64:
+        raise ImportRecordError(position, "pipeline_tag must be a short string or null")
+    tags = record.get("tags", [])
+    if not isinstance(tags, list) or not all(
+        isinstance(t, str) and 0 < len(t) <= TAG_MAX_LENGTH for t in tags
+    ):
+        raise ImportRecordError(position, "tags must be a list of non-empty strings")
+    author = record.get("author") or model_id.split("/", 1)[0]
+    if not isinstance(author, str) or len(author) > 96:
+        raise ImportRecordError(position, "author must be a string of at most 96 characters")
+    weights = record.get("adapterWeightsPath") or ""
+    if not isinstance(weights, str) or len(weights) > 500:
+        raise ImportRecordError(position, "adapterWeightsPath must be a string")
+    return {
+        "model_id": model_id,
+        "pipeline_tag": pipeline_tag,
+        "tags": list(dict.fromkeys(tags)),  # drop repeats, keep order
+        "author": author,
+        "adapter_weights_path": weights,
+    }
+
+
+IMPORT_FIELDS = ("pipeline_tag", "tags", "author", "adapter_weights_path")
+IMPORT_CHUNK = 5000
+
+
+@transaction.atomic
+def hub_models_import(*, records: Iterable, progress=None) -> ImportResult:
+    """Creates or updates hub models from Hub-shaped records, all or nothing.
+
+    Every record is validated before anything is written; a bad one raises
+    `ImportRecordError` naming its position (1-based). Records for the same id: the last wins.
+    """
+    cleaned: dict[str, dict] = {}
+    for position, record in enumerate(records, start=1):
+        row = _clean_record(position, record)
+        cleaned[row["model_id"]] = row
+    ids = list(cleaned)
+    now = timezone.now()
+    created = updated = unchanged = 0
+    for start in range(0, len(ids), IMPORT_CHUNK):
+        chunk = ids[start : start + IMPORT_CHUNK]
+        existing = {m.model_id: m for m in HubModel.objects.filter(model_id__in=chunk)}
+        to_create, to_update = [], []
+        for model_id in chunk:
+            row = cleaned[model_id]
+            current = existing.get(model_id)
+            if current is None:
+                to_create.append(HubModel(**row))
+            elif any(getattr(current, f) != row[f] for f in IMPORT_FIELDS):
+                for f in IMPORT_FIELDS:
+                    setattr(current, f, row[f])
+                current.modified_at = now
+                to_update.append(current)
+            else:
+                unchanged += 1
+        HubModel.objects.bulk_create(to_create, batch_size=1000)
+        # bulk_update does not touch auto_now fields by itself, hence modified_at above.
+        HubModel.objects.bulk_update(to_update, [*IMPORT_FIELDS, "modified_at"], batch_size=1000)
+        created += len(to_create)
+        updated += len(to_update)
+        if progress:
+            progress(min(start + IMPORT_CHUNK, len(ids)), len(ids))
+    return ImportResult(created=created, updated=updated, unchanged=unchanged)

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from registry import api
+
+urlpatterns = [
+    path("partners/<str:provider>/models", api.PartnerModelsView.as_view(),
+         name="partner-models"),
+    # Deprecated form; before `<mapping_id>` so "status" is not taken for an id.
+    path("partners/<str:provider>/models/status", api.LegacyPartnerModelStatusView.as_view(),
+         name="partner-models-status-legacy"),
+    path("partners/<str:provider>/models/<str:mapping_id>",
+         api.PartnerModelDetailView.as_view(), name="partner-model"),
+    path("partners/<str:provider>/models/<str:mapping_id>/status",
+         api.PartnerModelStatusView.as_view(), name="partner-model-status"),
+    path("models", api.HubModelListView.as_view(), name="hub-models"),
+    path("models/<str:namespace>/<str:name>", api.HubModelDetailView.as_view(),
+         name="hub-model"),
+]  # fmt: skip
