@@ -8,6 +8,8 @@ from registry.models import HubModel, Mapping, MappingStatus, Provider
 class ProviderForm(forms.ModelForm):
     """The API key is write-only: leave it empty to keep the current one."""
 
+    base_url = forms.URLField(max_length=500, assume_scheme="https")
+    cost_url = forms.URLField(max_length=500, required=False, assume_scheme="https")
     new_api_key = forms.CharField(
         label="API key",
         required=False,
