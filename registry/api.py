@@ -330,10 +330,15 @@ def _encode_cursor(model_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    # validate=True: the lenient decoder drops foreign characters, so "!!!!" was "" (page 1).
+    padded = cursor + "=" * (-len(cursor) % 4)
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ApiError("cursor: not a cursor from a Link header.", field="cursor") from exc
+    if not after:
+        raise ApiError("cursor: not a cursor from a Link header.", field="cursor")
+    return after
 
 
 def _limit(raw: str | None) -> int:

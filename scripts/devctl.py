@@ -481,7 +481,12 @@ def cmd_run(_args: argparse.Namespace) -> int:
     return 0 if stopping else 1
 
 
-def cmd_test(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def throwaway_services():
+    """PostgreSQL and Redis on free ports in a temporary folder, removed afterwards.
+
+    Yields the environment that points Django at them.
+    """
     base_tmp = os.environ.get("TEST_DATA_DIR") or None
     root = Path(tempfile.mkdtemp(prefix="hfbill-test-", dir=base_tmp))
     root.chmod(0o755)
@@ -496,24 +501,38 @@ def cmd_test(args: argparse.Namespace) -> int:
         "SECRET_KEY": "test-secret-key-not-for-production",
         "FIELD_ENCRYPTION_KEY": "test-field-encryption-key-not-for-production",
         "DEBUG": "false",
-        "DB_CONN_MAX_AGE": "0",  # no connection outlives a test (the test DB is dropped)
     }
     try:
-        lint = subprocess.run([PYTHON, "-m", "ruff", "check", "."], cwd=BASE_DIR, check=False)
-        fmt = subprocess.run(
-            [PYTHON, "-m", "ruff", "format", "--check", "."], cwd=BASE_DIR, check=False
-        )
         with Services(pg, redis):
-            pytest_args = args.pytest_args or ["--cov", "--cov-report=term:skip-covered"]
-            tests = subprocess.run(
-                [PYTHON, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env, check=False
-            )
+            yield env
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    lint = subprocess.run([PYTHON, "-m", "ruff", "check", "."], cwd=BASE_DIR, check=False)
+    fmt = subprocess.run(
+        [PYTHON, "-m", "ruff", "format", "--check", "."], cwd=BASE_DIR, check=False
+    )
+    with throwaway_services() as env:
+        pytest_args = args.pytest_args or ["--cov", "--cov-report=term:skip-covered"]
+        tests = subprocess.run(
+            [PYTHON, "-m", "pytest", *pytest_args], cwd=BASE_DIR, env=env, check=False
+        )
     if lint.returncode or fmt.returncode:
         say("ruff found problems (see above); `make format` fixes most of them")
     verdict = lint.returncode or fmt.returncode or tests.returncode
     say("all checks passed" if verdict == 0 else f"FAILED (exit {verdict})")
+    return verdict
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    verdict = 0
+    with throwaway_services() as env:
+        subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=BASE_DIR,
+                       env=env, check=True)  # fmt: skip
+        for script in args.scripts:
+            verdict |= subprocess.run([PYTHON, script], cwd=BASE_DIR, env=env).returncode
     return verdict
 
 
@@ -525,8 +544,10 @@ def main() -> int:
     sub.add_parser("run", help="start the whole system with demo data")
     test = sub.add_parser("test", help="ruff + pytest against throwaway services")
     test.add_argument("pytest_args", nargs="*", help="arguments for pytest (after --)")
+    bench = sub.add_parser("bench", help="run benchmark scripts against throwaway services")
+    bench.add_argument("scripts", nargs="+", help="e.g. bench/registry_api.py")
     args = parser.parse_args()
-    return {"run": cmd_run, "test": cmd_test}[args.command](args)
+    return {"run": cmd_run, "test": cmd_test, "bench": cmd_bench}[args.command](args)
 
 
 if __name__ == "__main__":
