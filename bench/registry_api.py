@@ -50,6 +50,7 @@ SQL_SAMPLES = 2000
 # (Nagle + delayed ACK: the sockets uvicorn hands to worker processes lose TCP_NODELAY), so
 # multi-worker numbers measure that artifact, not the application.
 WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "1"))
+SERVER = os.environ.get("BENCH_SERVER", "uvicorn")  # or granian
 GOAL_LOOKUP_P50_MS = 5.0
 GOAL_PARTNER_P50_MS = 60.0
 
@@ -217,14 +218,23 @@ def line(label: str, samples: list[float]) -> str:
             f"p99 {pct(samples, 0.99):8.2f} ms")  # fmt: skip
 
 
+def server_command(port: int) -> list[str]:
+    if SERVER == "granian":
+        return [
+            str(BASE_DIR / ".venv/bin/granian"), "--interface", "asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", str(WEB_WORKERS), "--log-level", "warning",
+            "config.asgi:application",
+        ]  # fmt: skip
+    return [
+        str(BASE_DIR / ".venv/bin/uvicorn"), "config.asgi:application", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", str(WEB_WORKERS), "--no-access-log",
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
 def start_server(port: int) -> subprocess.Popen:
     env = {**os.environ, "DEBUG": "false", "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [str(BASE_DIR / ".venv/bin/uvicorn"), "config.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(WEB_WORKERS), "--no-access-log",
-         "--log-level", "warning"],
-        cwd=BASE_DIR, env=env, start_new_session=True,
-    )  # fmt: skip
+    proc = subprocess.Popen(server_command(port), cwd=BASE_DIR, env=env, start_new_session=True)
     for _ in range(200):
         try:
             _samples, _, errors = http_load(port, ["/api/health"], 1)
@@ -269,7 +279,7 @@ def main() -> int:
 
     sql50, http1_50, http32_50 = (statistics.median(s) for s in (sql_lookup, one, many))
     psql50, phttp50 = statistics.median(sql_partner), statistics.median(partner)
-    print(f"\nweb: uvicorn, {WEB_WORKERS} worker process(es), DEBUG off; {os.cpu_count()} cores")
+    print(f"\nweb: {SERVER}, {WEB_WORKERS} worker process(es), DEBUG off; {os.cpu_count()} cores")
     print("Mapping lookup  GET /api/models/<id>?expand[]=inferenceProviderMapping")
     print(line(f"bare SQL, 1 connection ({SQL_SAMPLES} samples)", sql_lookup))
     print(line("HTTP, 1 client (1,000 requests)", one) + f"   {http1_50 / sql50:5.1f}x SQL")

@@ -6,15 +6,20 @@ from django.core.management.base import CommandError
 from django.db import transaction
 
 from accounts import selectors, services
+from accounts.models import OrgPlan
+from core.errors import Conflict
 from core.management.base import ServiceCommand
 from core.money import usd_to_nanousd
+from registry import selectors as registry_selectors
+from registry import services as registry_services
 
 DEFAULT_FILE = Path(settings.BASE_DIR) / "fixtures" / "demo.json"
 
 
 class Command(ServiceCommand):
     help = (
-        "Load the demo data (users, organizations, a token) idempotently: what exists is left "
+        "Load the demo data (users, organizations, a token, the hub model catalog, providers "
+        "and their mappings) idempotently: what exists is left "
         "as it is. Prints the demo credentials on stdout."
     )
 
@@ -62,9 +67,59 @@ class Command(ServiceCommand):
                     secret=spec["token"],
                 )
                 created += 1
+        if "catalog" in data:
+            created += self.load_catalog(file.parent, data["catalog"])
         self.say(f"Demo data: {created} object(s) created, the rest already present.")
         token = data["tokens"][0]
         self.stdout.write(
             f"  Admin login  {admin['name']} / {admin['password']}\n"
             f"  Demo token   {token['token']}  ({token['role']}, user {token['user']})\n"
         )
+
+    def load_catalog(self, folder: Path, catalog: dict) -> int:
+        """Hub models, providers (with their organizations) and their mappings."""
+        models = json.loads((folder / catalog["hub_models"]).read_text())
+        result = registry_services.hub_models_import(records=models)
+        created = result.created
+        for spec in json.loads((folder / catalog["providers"]).read_text()):
+            created += self.load_provider(spec, catalog["provider_base_url"])
+        return created
+
+    def load_provider(self, spec: dict, base_url_template: str) -> int:
+        created = 0
+        org = selectors.organization_get(name=spec["org"])
+        if org is None:
+            org = services.organization_create(
+                name=spec["org"], fullname=spec["name"], plan=OrgPlan.ENTERPRISE, seats=5
+            )
+            created += 1
+        provider = registry_selectors.provider_get(slug=spec["slug"])
+        if provider is None:
+            base_url = base_url_template.format(slug=spec["slug"])
+            provider = registry_services.provider_create(
+                slug=spec["slug"],
+                display_name=spec["name"],
+                organization=org,
+                base_url=base_url,
+                cost_url=f"{base_url}/costs",
+                api_key=f"demo-{spec['slug']}-key",
+                chat_route=spec.get("chat_route") or "/v1/chat/completions",
+            )
+            created += 1
+        for mapping in spec["mappings"]:
+            try:
+                registry_services.mapping_create(
+                    provider=provider,
+                    created_by=None,
+                    type=mapping.get("type", "single-model"),
+                    task=mapping["task"],
+                    hf_model=mapping.get("hfModel"),
+                    tags=mapping.get("tags"),
+                    adapter_type=mapping.get("adapterType"),
+                    provider_model=mapping["providerModel"],
+                    status=mapping.get("status", "live"),
+                )
+                created += 1
+            except Conflict:
+                pass  # already loaded
+        return created
