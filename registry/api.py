@@ -313,15 +313,17 @@ class HubModelDetailView(APIView):
         operation_id="hub_model_get", parameters=EXPAND_PARAMS, responses={200: OpenApiTypes.OBJECT}
     )
     def get(self, request, namespace: str, name: str):
-        model = selectors.hub_model_get(model_id=f"{namespace}/{name}")
-        if model is None:
-            return repo_not_found()
         expand = _expand(request)
+        model_id = f"{namespace}/{name}"
         mapping = None
         if expand and expand & {INFERENCE, PROVIDER_MAPPING}:
-            mapping = selectors.provider_mapping_for_model(
-                model=model, viewer=selectors.viewer_for(request.user)
+            model, mapping = selectors.hub_model_lookup(
+                model_id=model_id, viewer=selectors.viewer_for(request.user)
             )
+        else:
+            model = selectors.hub_model_get(model_id=model_id)
+        if model is None:
+            return repo_not_found()
         return Response(model_payload(model, expand=expand, mapping=mapping, mapping_as_list=False))
 
 
