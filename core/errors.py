@@ -34,14 +34,14 @@ class ApiError(exceptions.APIException):
     """
 
     status_code = 400
-    default_code = "bad_request"
+    default_code = "validation_error"
 
     def __init__(
         self,
         message: str,
         *,
         status: int = 400,
-        code: str = "bad_request",
+        code: str = "validation_error",
         field: str | None = None,
     ):
         super().__init__(detail=message, code=code)
