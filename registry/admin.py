@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
+from core.errors import ApiError
 from registry import services
 from registry.models import HubModel, Mapping, MappingStatus, Provider
 
@@ -21,6 +22,18 @@ class ProviderForm(forms.ModelForm):
         model = Provider
         fields = ["slug", "display_name", "organization", "base_url", "chat_route", "cost_url",
                   "request_id_header", "first_cost_query_delay_s", "state"]  # fmt: skip
+
+    def clean(self):
+        """The same rules as `provider_create` (the service), reported on the field at fault."""
+        data = super().clean()
+        names = ("base_url", "cost_url", "chat_route", "request_id_header",
+                 "first_cost_query_delay_s")  # fmt: skip
+        if all(name in data for name in names):
+            try:
+                data.update(services.provider_settings_clean(**{n: data[n] for n in names}))
+            except ApiError as exc:
+                self.add_error(exc.field if exc.field in names else None, str(exc.detail))
+        return data
 
     def save(self, commit=True):
         provider = super().save(commit=False)

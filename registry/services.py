@@ -48,6 +48,37 @@ def _validate_url(value: str, *, field: str, required: bool = True) -> str:
     return value
 
 
+def provider_settings_clean(
+    *,
+    base_url: str,
+    cost_url: str,
+    chat_route: str,
+    request_id_header: str,
+    first_cost_query_delay_s: int,
+) -> dict:
+    """Validated, normalized connection settings of a provider (service and admin alike)."""
+    _validate_url(base_url, field="base_url")
+    _validate_url(cost_url, field="cost_url", required=False)
+    if not chat_route.startswith("/"):
+        raise ApiError("chat_route must start with '/'.", field="chat_route")
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", request_id_header):
+        raise ApiError(
+            "request_id_header must be an HTTP header name (letters, digits, '-').",
+            field="request_id_header",
+        )
+    if first_cost_query_delay_s < 0:
+        raise ApiError(
+            "first_cost_query_delay_s must not be negative.", field="first_cost_query_delay_s"
+        )
+    return {
+        "base_url": base_url.rstrip("/"),
+        "cost_url": cost_url,
+        "chat_route": chat_route,
+        "request_id_header": request_id_header,
+        "first_cost_query_delay_s": first_cost_query_delay_s,
+    }
+
+
 def provider_create(
     *,
     slug: str,
@@ -64,26 +95,18 @@ def provider_create(
         raise ApiError(
             f"Invalid provider slug {slug!r}: use lowercase letters, digits and '-'.", field="slug"
         )
-    _validate_url(base_url, field="base_url")
-    _validate_url(cost_url, field="cost_url", required=False)
-    if not chat_route.startswith("/"):
-        raise ApiError("chat_route must start with '/'.", field="chat_route")
-    if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", request_id_header):
-        raise ApiError("request_id_header must be an HTTP header name.", field="request_id_header")
-    if first_cost_query_delay_s < 0:
-        raise ApiError(
-            "first_cost_query_delay_s must not be negative.", field="first_cost_query_delay_s"
-        )
     provider = Provider(
         slug=slug,
         display_name=display_name,
         organization=organization,
-        base_url=base_url.rstrip("/"),
-        chat_route=chat_route,
         api_key=api_key,
-        cost_url=cost_url,
-        request_id_header=request_id_header,
-        first_cost_query_delay_s=first_cost_query_delay_s,
+        **provider_settings_clean(
+            base_url=base_url,
+            cost_url=cost_url,
+            chat_route=chat_route,
+            request_id_header=request_id_header,
+            first_cost_query_delay_s=first_cost_query_delay_s,
+        ),
     )
     try:
         with transaction.atomic():
@@ -302,7 +325,10 @@ def _clean_record(position: int, record) -> dict:
         raise ImportRecordError(position, f"id {model_id!r} is not a namespace/name model id")
     if len(model_id) > MODEL_ID_MAX_LENGTH:
         raise ImportRecordError(position, "id is too long")
-    pipeline_tag = record.get("pipeline_tag") or ""
+    # Absent or null means "none"; any other non-string (0, false, ...) is an error.
+    pipeline_tag = record.get("pipeline_tag")
+    if pipeline_tag is None:
+        pipeline_tag = ""
     if not isinstance(pipeline_tag, str) or len(pipeline_tag) > 64:
         raise ImportRecordError(position, "pipeline_tag must be a short string or null")
     tags = record.get("tags", [])
@@ -310,10 +336,14 @@ def _clean_record(position: int, record) -> dict:
         isinstance(t, str) and 0 < len(t) <= TAG_MAX_LENGTH for t in tags
     ):
         raise ImportRecordError(position, "tags must be a list of non-empty strings")
-    author = record.get("author") or model_id.split("/", 1)[0]
+    author = record.get("author")
+    if author is None or author == "":
+        author = model_id.split("/", 1)[0]
     if not isinstance(author, str) or len(author) > 96:
         raise ImportRecordError(position, "author must be a string of at most 96 characters")
-    weights = record.get("adapterWeightsPath") or ""
+    weights = record.get("adapterWeightsPath")
+    if weights is None:
+        weights = ""
     if not isinstance(weights, str) or len(weights) > 500:
         raise ImportRecordError(position, "adapterWeightsPath must be a string")
     return {

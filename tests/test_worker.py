@@ -1,37 +1,28 @@
 """End-to-end: a real Celery worker process consumes from the real Redis and writes to
 PostgreSQL. No eager mode."""
 
-import os
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from config.celery import app
 from core.models import Heartbeat
 from core.tasks import heartbeat_record
+from core.testing import REPO_ROOT, subprocess_env
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def worker_database_url() -> str:
-    db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
-    return f"postgres://{db['USER']}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
 @pytest.fixture
 def celery_worker_process():
     """One real worker (solo pool) on the test database and the test Redis."""
     name = f"e2e-{uuid.uuid4().hex[:8]}@test"
-    env = {**os.environ, "DATABASE_URL": worker_database_url(), "REDIS_URL": settings.REDIS_URL}
-    log = BASE_DIR / ".pytest_cache" / f"{name}.log"
+    env = subprocess_env(REDIS_URL=settings.REDIS_URL)
+    log = REPO_ROOT / ".pytest_cache" / f"{name}.log"
     log.parent.mkdir(exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -49,7 +40,7 @@ def celery_worker_process():
                 "--without-mingle",
                 "--without-gossip",
             ],
-            cwd=BASE_DIR,
+            cwd=REPO_ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,18 +1,12 @@
 """Operator commands: user_create, org_create, token_create and demo_load."""
 
 import hashlib
-import io
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 from rest_framework.test import APIClient
@@ -21,18 +15,12 @@ from accounts import services
 from accounts.models import AccessToken, Membership, Organization, User
 from core.errors import ApiError
 from core.management.commands.demo_load import DEFAULT_FILE
+from core.testing import REPO_ROOT, subprocess_env
+from core.testing import run_command as run
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, bearer
 
 TOKEN_RE = re.compile(r"^hf_[A-Za-z0-9]{34}$")
-REPO_ROOT = Path(settings.BASE_DIR)
-
-
-def run(*args: str) -> tuple[str, str]:
-    """Runs a management command in-process; returns (stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    call_command(*args, stdout=out, stderr=err)
-    return out.getvalue(), err.getvalue()
 
 
 def counts() -> dict[str, int]:
@@ -399,16 +387,6 @@ def test_token_create_with_an_unknown_permission_fails_and_creates_nothing():
 # --- the commands as real processes ----------------------------------------------------------
 
 
-def subprocess_env() -> dict[str, str]:
-    """The environment for manage.py, pointed at the test database."""
-    db = connection.settings_dict
-    credentials = quote(db["USER"], safe="")
-    if db.get("PASSWORD"):
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    url = f"postgres://{credentials}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    return {**os.environ, "DATABASE_URL": url}
-
-
 def manage(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -486,9 +464,20 @@ def demo_spec() -> dict:
     return json.loads(DEFAULT_FILE.read_text())
 
 
+def demo_provider_orgs(spec: dict) -> set[str]:
+    """Names (lowercased) of the providers' organizations in the demo catalog, if any."""
+    if "catalog" not in spec:
+        return set()
+    providers = json.loads((DEFAULT_FILE.parent / spec["catalog"]["providers"]).read_text())
+    return {provider["org"].lower() for provider in providers}
+
+
 @pytest.mark.django_db
 def test_demo_load_twice_creates_the_demo_objects_once():
     spec = demo_spec()
+    # The catalog's provider organizations are created without members unless the demo
+    # organizations already include them (togethercomputer does).
+    org_names = {org["name"].lower() for org in spec["organizations"]} | demo_provider_orgs(spec)
 
     run("demo_load")
     after_first = counts()
@@ -497,10 +486,13 @@ def test_demo_load_twice_creates_the_demo_objects_once():
     assert counts() == after_first
     assert after_first == {
         "users": 1 + len(spec["users"]),
-        "organizations": len(spec["organizations"]),
+        "organizations": len(org_names),
         "memberships": sum(len(org["members"]) for org in spec["organizations"]),
         "tokens": len(spec["tokens"]),
     }
+    assert {name.lower() for name in Organization.objects.values_list("name", flat=True)} == (
+        org_names
+    )
     for org in spec["organizations"]:
         roles = dict(
             Membership.objects.filter(organization__name=org["name"]).values_list(
