@@ -2,9 +2,13 @@
 `make test` starts (DATABASE_URL / REDIS_URL)."""
 
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
+from accounts import services
 from accounts.tests.factories import UserFactory, token_for
+
+ADMIN_PASSWORD = "admin-test-password-1"
 
 
 @pytest.fixture
@@ -25,3 +29,12 @@ def write_token(user) -> str:
 @pytest.fixture
 def read_token(user) -> str:
     return token_for(user, "read")
+
+
+@pytest.fixture
+def staff_client(db) -> Client:
+    """A browser session logged into the Django admin as a superuser."""
+    services.user_create(name="root", is_staff=True, password=ADMIN_PASSWORD)
+    client = Client()
+    assert client.login(username="root", password=ADMIN_PASSWORD)
+    return client

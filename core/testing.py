@@ -2,6 +2,8 @@
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,3 +36,16 @@ test_database_url.__test__ = False  # not a test, despite its name
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a child process (manage.py, a worker) on the test database."""
     return {**os.environ, "DATABASE_URL": test_database_url(), **extra}
+
+
+def manage_process(*args: str) -> subprocess.CompletedProcess:
+    """Runs `manage.py ARGS` as a real process on the test database (text output captured)."""
+    return subprocess.run(  # noqa: S603 (our own manage.py)
+        [sys.executable, "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

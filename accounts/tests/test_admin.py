@@ -14,15 +14,6 @@ from accounts.models import AccessToken
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, bearer
 
 SECRET_RE = re.compile(r"hf_[A-Za-z0-9]{34}")
-ADMIN_PASSWORD = "admin-test-password-1"
-
-
-@pytest.fixture
-def staff_client(db) -> Client:
-    services.user_create(name="root", is_staff=True, password=ADMIN_PASSWORD)
-    client = Client()
-    assert client.login(username="root", password=ADMIN_PASSWORD)
-    return client
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,6 @@
 import hashlib
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 from django.core.management.base import CommandError
@@ -15,7 +13,7 @@ from accounts import services
 from accounts.models import AccessToken, Membership, Organization, User
 from core.errors import ApiError
 from core.management.commands.demo_load import DEFAULT_FILE
-from core.testing import REPO_ROOT, subprocess_env
+from core.testing import manage_process as manage
 from core.testing import run_command as run
 
 from .factories import MembershipFactory, OrganizationFactory, UserFactory, bearer
@@ -385,18 +383,6 @@ def test_token_create_with_an_unknown_permission_fails_and_creates_nothing():
 
 
 # --- the commands as real processes ----------------------------------------------------------
-
-
-def manage(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.django_db(transaction=True)

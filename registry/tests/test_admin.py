@@ -2,23 +2,12 @@
 
 import pytest
 from django.db import connection
-from django.test import Client
 from django.urls import reverse
 
-from accounts import services
 from registry.models import HubModel, Mapping, MappingHealth, MappingStatus, Provider
 from registry.tests.factories import HubModelFactory, MappingFactory, ProviderFactory
 
-ADMIN_PASSWORD = "admin-test-password-1"
 API_KEY = "sk-registry-admin-clear-key-42"
-
-
-@pytest.fixture
-def staff_client(db) -> Client:
-    services.user_create(name="root", is_staff=True, password=ADMIN_PASSWORD)
-    client = Client()
-    assert client.login(username="root", password=ADMIN_PASSWORD)
-    return client
 
 
 def shown(response, values) -> set[str]:

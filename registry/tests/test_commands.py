@@ -3,7 +3,6 @@
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 from django.conf import settings
@@ -14,7 +13,7 @@ from django.test import override_settings
 
 from accounts.models import Organization, OrgPlan
 from accounts.tests.factories import OrganizationFactory
-from core.testing import REPO_ROOT, subprocess_env
+from core.testing import manage_process
 from core.testing import run_command as run
 from registry.models import HubModel, Provider
 from registry.tests.factories import ProviderFactory
@@ -285,15 +284,7 @@ def test_hub_models_import_of_a_missing_file_fails(tmp_path):
 
 
 def manage_import(path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", "hub_models_import", str(path)],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return manage_process("hub_models_import", str(path))
 
 
 @pytest.mark.django_db(transaction=True)
