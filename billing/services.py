@@ -1,0 +1,457 @@
+"""Writes for billing: accounts, ledger postings, credits, usage records, cost application.
+
+Every money movement is a `LedgerTransaction` whose legs are written by one INSERT statement
+in the same database transaction; PostgreSQL checks the legs sum to zero and moves the cached
+balances (migration 0002). Accounts are locked in primary-key order before their balances are
+read, so concurrent postings neither deadlock nor lose updates. Each posting has an
+idempotency key: running the same operation twice posts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from accounts.models import Organization, OrgPlan, User, UserPlan
+from billing.models import (
+    PAYER_KINDS,
+    AccountKind,
+    BillingAccount,
+    LedgerAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    TransactionKind,
+    UsageRecord,
+    UsageState,
+)
+from core.errors import ApiError
+from core.ids import object_id
+from registry.models import Provider
+
+# Monthly included credits (DESIGN: free user $0.10, PRO $2.00, team/enterprise $2.00/seat).
+FREE_USER_MONTHLY_NANOUSD = 100_000_000
+PRO_USER_MONTHLY_NANOUSD = 2_000_000_000
+ORG_SEAT_MONTHLY_NANOUSD = 2_000_000_000
+
+
+# --- accounts ---------------------------------------------------------------------------------
+def _with_pools(billing_account: BillingAccount) -> BillingAccount:
+    LedgerAccount.objects.bulk_create(
+        [LedgerAccount(kind=k, billing_account=billing_account) for k in PAYER_KINDS],
+        ignore_conflicts=True,
+    )
+    return billing_account
+
+
+def billing_account_for_user(*, user: User) -> BillingAccount:
+    account, _ = BillingAccount.objects.get_or_create(user=user)
+    return _with_pools(account)
+
+
+def billing_account_for_organization(*, organization: Organization) -> BillingAccount:
+    account, _ = BillingAccount.objects.get_or_create(organization=organization)
+    return _with_pools(account)
+
+
+def platform_account(kind: str) -> LedgerAccount:
+    LedgerAccount.objects.bulk_create([LedgerAccount(kind=kind)], ignore_conflicts=True)
+    return LedgerAccount.objects.get(kind=kind, billing_account=None, provider=None)
+
+
+def provider_payable(*, provider: Provider) -> LedgerAccount:
+    LedgerAccount.objects.bulk_create(
+        [LedgerAccount(kind=AccountKind.PROVIDER_PAYABLE, provider=provider)],
+        ignore_conflicts=True,
+    )
+    return LedgerAccount.objects.get(kind=AccountKind.PROVIDER_PAYABLE, provider=provider)
+
+
+def pools_of(billing_account: BillingAccount) -> dict[str, LedgerAccount]:
+    return {a.kind: a for a in LedgerAccount.objects.filter(billing_account=billing_account)}
+
+
+def lock_accounts(account_ids: Iterable[int]) -> dict[int, int]:
+    """Locks ledger accounts in primary-key order; returns {id: balance}."""
+    ids = sorted(set(account_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, balance_nanousd FROM billing_ledgeraccount WHERE id = ANY(%s) "
+            "ORDER BY id FOR UPDATE",
+            [ids],
+        )
+        return dict(cursor.fetchall())
+
+
+# --- postings ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Leg:
+    account_id: int
+    amount_nanousd: int
+
+
+def transaction_post(
+    *,
+    kind: str,
+    idempotency_key: str,
+    legs: Iterable[Leg],
+    actor: str,
+    memo: str = "",
+    billing_account: BillingAccount | None = None,
+) -> LedgerTransaction | None:
+    """Posts one balanced transaction. Returns None if `idempotency_key` was already posted.
+
+    The caller holds the account locks when it computed `legs` from balances.
+    """
+    legs = [leg for leg in legs if leg.amount_nanousd != 0]
+    if sum(leg.amount_nanousd for leg in legs) != 0:
+        raise ValueError(f"unbalanced legs for {idempotency_key}: {legs}")
+    with transaction.atomic():
+        txn = LedgerTransaction(
+            kind=kind,
+            idempotency_key=idempotency_key,
+            actor=actor[:200],
+            memo=memo[:500],
+            billing_account=billing_account,
+        )
+        try:
+            with transaction.atomic():
+                txn.save()
+        except IntegrityError:
+            if LedgerTransaction.objects.filter(idempotency_key=idempotency_key).exists():
+                return None
+            raise
+        LedgerEntry.objects.bulk_create(  # one INSERT statement: all legs at once
+            [
+                LedgerEntry(
+                    transaction=txn, account_id=leg.account_id, amount_nanousd=leg.amount_nanousd
+                )
+                for leg in legs
+            ]
+        )
+    return txn
+
+
+def _month_start(moment: datetime | date) -> date:
+    return date(moment.year, moment.month, 1)
+
+
+def monthly_credit_nanousd(billing_account: BillingAccount) -> int:
+    if billing_account.user_id:
+        pro = billing_account.user.plan == UserPlan.PRO
+        return PRO_USER_MONTHLY_NANOUSD if pro else FREE_USER_MONTHLY_NANOUSD
+    org = billing_account.organization
+    if org.plan in (OrgPlan.TEAM, OrgPlan.ENTERPRISE):
+        return ORG_SEAT_MONTHLY_NANOUSD * org.seats
+    return 0
+
+
+def credits_ensure_month(
+    *, billing_account: BillingAccount, now: datetime | None = None, actor: str = "credits"
+) -> bool:
+    """Makes sure this month's included credits were granted (UTC calendar months).
+
+    Before a month's grant, whatever is left of earlier included credits expires. Both are
+    posted under the included pool's lock with per-month idempotency keys, so running this
+    any number of times, concurrently or late, grants once and expires once per month.
+    Returns True if it posted anything.
+    """
+    month = _month_start(now or timezone.now())
+    label = f"{month:%Y-%m}"
+    grant_key = f"grant:{billing_account.pk}:{label}"
+    if LedgerTransaction.objects.filter(idempotency_key=grant_key).exists():
+        return False
+    pools = pools_of(billing_account)
+    included = pools[AccountKind.INCLUDED]
+    with transaction.atomic():
+        balance = lock_accounts([included.pk])[included.pk]
+        if LedgerTransaction.objects.filter(idempotency_key=grant_key).exists():
+            return False  # a concurrent call granted it while we waited for the lock
+        if balance > 0:
+            transaction_post(
+                kind=TransactionKind.EXPIRY,
+                idempotency_key=f"expiry:{billing_account.pk}:before-{label}",
+                legs=[
+                    Leg(included.pk, -balance),
+                    Leg(platform_account(AccountKind.CREDITS_EXPIRED).pk, balance),
+                ],
+                actor=actor,
+                memo=f"included credits unused before {label} expire",
+                billing_account=billing_account,
+            )
+        amount = monthly_credit_nanousd(billing_account)
+        if amount:
+            transaction_post(
+                kind=TransactionKind.GRANT,
+                idempotency_key=grant_key,
+                legs=[
+                    Leg(included.pk, amount),
+                    Leg(platform_account(AccountKind.CREDITS_GRANTED).pk, -amount),
+                ],
+                actor=actor,
+                memo=f"monthly included credits {label}",
+                billing_account=billing_account,
+            )
+        else:  # nothing to grant, but record that the month was handled
+            LedgerTransaction.objects.create(
+                kind=TransactionKind.GRANT,
+                idempotency_key=grant_key,
+                actor=actor,
+                memo=f"no included credits for {label}",
+                billing_account=billing_account,
+            )
+    return True
+
+
+def credits_top_up(
+    *,
+    billing_account: BillingAccount,
+    amount_nanousd: int,
+    actor: str,
+    idempotency_key: str,
+    memo: str = "",
+) -> LedgerTransaction | None:
+    """Prepaid credits bought by the payer (they never expire)."""
+    if amount_nanousd <= 0:
+        raise ApiError("amount must be positive.", field="amount")
+    prepaid = pools_of(billing_account)[AccountKind.PREPAID]
+    return transaction_post(
+        kind=TransactionKind.TOP_UP,
+        idempotency_key=f"top_up:{idempotency_key}",
+        legs=[
+            Leg(prepaid.pk, amount_nanousd),
+            Leg(platform_account(AccountKind.CASH).pk, -amount_nanousd),
+        ],
+        actor=actor,
+        memo=memo or "prepaid top-up",
+        billing_account=billing_account,
+    )
+
+
+def ledger_adjust(
+    *,
+    billing_account: BillingAccount,
+    pool: str,
+    amount_nanousd: int,
+    actor: str,
+    memo: str,
+    idempotency_key: str,
+    kind: str = TransactionKind.ADJUSTMENT,
+) -> LedgerTransaction | None:
+    """A correction by a person: moves `amount` (signed) into one of the payer's pools."""
+    if not memo.strip():
+        raise ApiError("A reason is required for an adjustment.", field="memo")
+    if amount_nanousd == 0:
+        raise ApiError("amount must not be zero.", field="amount")
+    if pool not in PAYER_KINDS:
+        raise ApiError(f"pool must be one of {', '.join(PAYER_KINDS)}.", field="pool")
+    account = pools_of(billing_account)[pool]
+    with transaction.atomic():
+        balance = lock_accounts([account.pk])[account.pk]
+        if pool != AccountKind.PAYG and balance + amount_nanousd < 0:
+            raise ApiError(
+                f"This would take the {pool} pool below zero (balance {balance} nano-USD).",
+                field="amount",
+            )
+        return transaction_post(
+            kind=kind,
+            idempotency_key=f"{kind}:{idempotency_key}",
+            legs=[
+                Leg(account.pk, amount_nanousd),
+                Leg(platform_account(AccountKind.ADJUSTMENTS).pk, -amount_nanousd),
+            ],
+            actor=actor,
+            memo=memo,
+            billing_account=billing_account,
+        )
+
+
+# --- usage ------------------------------------------------------------------------------------
+def usage_record_create(
+    *,
+    provider: Provider,
+    request_id: str | None,
+    user: User,
+    payer: BillingAccount,
+    http_status: int | None,
+    hub_model_id: str = "",
+    provider_model: str = "",
+    task: str = "",
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    estimated_cost_nanousd: int = 0,
+    byok: bool = False,
+    created_at: datetime | None = None,
+) -> UsageRecord:
+    """Records one routed request; idempotent on (provider, request ID).
+
+    A request without a request ID, or answered with an error status, is kept for provider
+    health as `not_billable`; one made with the user's own provider key is `byok`.
+    """
+    if byok:
+        state = UsageState.BYOK
+    elif not request_id or http_status is None or not 200 <= http_status < 400:
+        state = UsageState.NOT_BILLABLE
+    else:
+        state = UsageState.PENDING
+    if not request_id:
+        # Still recorded, under a key of our own that no provider answer can match.
+        request_id = f"no-request-id:{object_id()}"
+    record, _ = UsageRecord.objects.get_or_create(
+        provider=provider,
+        request_id=request_id[:255],
+        defaults={
+            "user": user,
+            "payer": payer,
+            "http_status": http_status,
+            "hub_model_id": hub_model_id[:200],
+            "provider_model": provider_model[:255],
+            "task": task[:64],
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "estimated_cost_nanousd": max(estimated_cost_nanousd, 0),
+            "state": state,
+            "created_at": created_at or timezone.now(),
+        },
+    )
+    return record
+
+
+@dataclass
+class BatchResult:
+    billed: int = 0
+    zero_cost: int = 0
+    already_done: int = 0  # asked, but no longer pending (billed by another run, ...)
+    charged_nanousd: int = 0
+    payers: set[int] = field(default_factory=set)
+
+
+def _split(amount: int, balances: dict[str, int]) -> dict[str, int]:
+    """How much of a charge each pool pays: included, then prepaid, then pay-as-you-go."""
+    from_included = min(amount, max(balances[AccountKind.INCLUDED], 0))
+    from_prepaid = min(amount - from_included, max(balances[AccountKind.PREPAID], 0))
+    return {
+        AccountKind.INCLUDED: from_included,
+        AccountKind.PREPAID: from_prepaid,
+        AccountKind.PAYG: amount - from_included - from_prepaid,
+    }
+
+
+@transaction.atomic
+def cost_batch_apply(
+    *,
+    provider: Provider,
+    costs: Mapping[str, int],
+    now: datetime | None = None,
+    actor: str = "cost-poller",
+) -> BatchResult:
+    """Charges the provider-reported costs (validated non-negative integers) of pending usage
+    records, all in one database transaction, with a fixed number of statements.
+
+    Exactly once: the pending records are locked first (`FOR UPDATE`) and only records still
+    pending are charged; a concurrent or repeated application of the same costs finds them
+    billed and charges nothing. Each charge is its own ledger transaction with the
+    idempotency key `charge:<provider>:<request id>`, and a usage record can point to only one.
+    """
+    now = now or timezone.now()
+    result = BatchResult()
+    if not costs:
+        return result
+    request_ids = list(costs)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, request_id, payer_id FROM billing_usagerecord "
+            "WHERE provider_id = %s AND request_id = ANY(%s) AND state = 'pending' "
+            "ORDER BY id FOR UPDATE",
+            [provider.pk, request_ids],
+        )
+        pending = cursor.fetchall()
+    result.already_done = len(request_ids) - len(pending)
+    if not pending:
+        return result
+
+    payer_ids = sorted({payer_id for _, _, payer_id in pending})
+    label = f"{_month_start(now):%Y-%m}"
+    granted = set(
+        LedgerTransaction.objects.filter(
+            idempotency_key__in=[f"grant:{p}:{label}" for p in payer_ids]
+        ).values_list("billing_account_id", flat=True)
+    )
+    for payer in BillingAccount.objects.filter(pk__in=set(payer_ids) - granted).select_related(
+        "user", "organization"
+    ):  # lazily, the first time a payer is charged in a month
+        credits_ensure_month(billing_account=payer, now=now)
+    pools = {
+        (a.billing_account_id, a.kind): a.pk
+        for a in LedgerAccount.objects.filter(billing_account_id__in=payer_ids)
+    }
+    payable = provider_payable(provider=provider).pk
+    balances = lock_accounts([*pools.values(), payable])
+    running = {
+        payer_id: {kind: balances[pools[(payer_id, kind)]] for kind in PAYER_KINDS}
+        for payer_id in payer_ids
+    }
+
+    charged, zero = [], []
+    txn_keys, txn_payers, legs = [], [], []  # legs: (txn index, account id, amount)
+    for usage_id, request_id, payer_id in pending:
+        cost = costs[request_id]
+        if cost == 0:
+            zero.append(usage_id)
+            continue
+        index = len(txn_keys)
+        txn_keys.append(f"charge:{provider.pk}:{request_id}")
+        txn_payers.append(payer_id)
+        for kind, part in _split(cost, running[payer_id]).items():
+            if part:
+                running[payer_id][kind] -= part
+                legs.append((index, pools[(payer_id, kind)], -part))
+        legs.append((index, payable, cost))
+        charged.append((usage_id, cost, index))
+
+    with connection.cursor() as cursor:
+        txn_ids: list[int] = []
+        if txn_keys:
+            cursor.execute(
+                "INSERT INTO billing_ledgertransaction "
+                "(kind, idempotency_key, billing_account_id, actor, memo, created_at) "
+                "SELECT 'charge', k, p, %s, '', %s FROM unnest(%s::text[], %s::bigint[]) "
+                "WITH ORDINALITY AS t(k, p, n) ORDER BY n RETURNING id",
+                [actor, now, txn_keys, txn_payers],
+            )
+            txn_ids = [row[0] for row in cursor.fetchall()]
+            cursor.execute(
+                "INSERT INTO billing_ledgerentry (transaction_id, account_id, amount_nanousd) "
+                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])",
+                [
+                    [txn_ids[i] for i, _, _ in legs],
+                    [a for _, a, _ in legs],
+                    [amount for _, _, amount in legs],
+                ],
+            )
+            cursor.execute(
+                "UPDATE billing_usagerecord u SET state = 'billed', cost_nanousd = c.cost, "
+                "charge_id = c.txn, billed_at = %s, cost_error = '' "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS c(id, cost, txn) "
+                "WHERE u.id = c.id",
+                [
+                    now,
+                    [u for u, _, _ in charged],
+                    [c for _, c, _ in charged],
+                    [txn_ids[i] for _, _, i in charged],
+                ],
+            )
+        if zero:
+            cursor.execute(
+                "UPDATE billing_usagerecord SET state = 'zero_cost', cost_nanousd = 0, "
+                "billed_at = %s, cost_error = '' WHERE id = ANY(%s)",
+                [now, zero],
+            )
+    result.billed = len(charged)
+    result.zero_cost = len(zero)
+    result.charged_nanousd = sum(cost for _, cost, _ in charged)
+    result.payers = set(payer_ids)
+    return result
