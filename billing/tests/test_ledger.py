@@ -60,9 +60,11 @@ def test_a_top_up_is_idempotent_by_its_key():
     payer = payer_for_new_user()
     for _ in range(3):
         services.credits_top_up(
-            billing_account=payer, amount_nanousd=5_000_000_000, actor="admin",
+            billing_account=payer,
+            amount_nanousd=5_000_000_000,
+            actor="admin",
             idempotency_key="invoice-42",
-        )  # fmt: skip
+        )
     assert balances(payer)[AccountKind.PREPAID] == 5_000_000_000
 
 
@@ -113,12 +115,30 @@ def test_the_database_refuses_to_set_a_balance_directly():
 def test_an_adjustment_needs_a_reason_and_cannot_make_a_pool_negative():
     payer = payer_for_new_user()
     with pytest.raises(services.ApiError, match="reason"):
-        services.ledger_adjust(billing_account=payer, pool="prepaid", amount_nanousd=5,
-                               actor="admin", memo=" ", idempotency_key="a")  # fmt: skip
+        services.ledger_adjust(
+            billing_account=payer,
+            pool="prepaid",
+            amount_nanousd=5,
+            actor="admin",
+            memo=" ",
+            idempotency_key="a",
+        )
     with pytest.raises(services.ApiError, match="below zero"):
-        services.ledger_adjust(billing_account=payer, pool="prepaid", amount_nanousd=-5,
-                               actor="admin", memo="oops", idempotency_key="b")  # fmt: skip
-    services.ledger_adjust(billing_account=payer, pool="payg", amount_nanousd=-5,
-                           actor="admin", memo="late fee", idempotency_key="c")  # fmt: skip
+        services.ledger_adjust(
+            billing_account=payer,
+            pool="prepaid",
+            amount_nanousd=-5,
+            actor="admin",
+            memo="oops",
+            idempotency_key="b",
+        )
+    services.ledger_adjust(
+        billing_account=payer,
+        pool="payg",
+        amount_nanousd=-5,
+        actor="admin",
+        memo="late fee",
+        idempotency_key="c",
+    )
     assert balances(payer)[AccountKind.PAYG] == -5
     assert sums_match()
