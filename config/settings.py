@@ -166,7 +166,20 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "kwargs": {"source": "beat"},
     },
+    "billing-cost-poll": {
+        "task": "billing.tasks.cost_poll_enqueue",
+        "schedule": env.float("BILLING_POLL_INTERVAL_S", default=60.0),
+    },
+    "billing-monthly-credits": {
+        "task": "billing.tasks.credits_ensure_month_all",
+        "schedule": env.float("BILLING_CREDITS_INTERVAL_S", default=3600.0),
+    },
 }
+
+# Billing: a usage record with no cost this long after its request is `failed_to_bill`.
+BILLING_FAILED_AFTER_S = env.int("BILLING_FAILED_AFTER_S", default=30 * 60)
+BILLING_COST_TIMEOUT_S = env.float("BILLING_COST_TIMEOUT_S", default=30.0)
+BILLING_POLL_INTERVAL_S = env.float("BILLING_POLL_INTERVAL_S", default=60.0)
 
 # Token last-used times are written at most this often per token (a write per request is waste).
 TOKEN_LAST_USED_RESOLUTION_S = env.int("TOKEN_LAST_USED_RESOLUTION_S", default=60)
