@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.tests.factories import UserFactory, token_for
+from simulator.testing import running_simulator
 
 ADMIN_PASSWORD = "admin-test-password-1"
 
@@ -38,3 +39,10 @@ def staff_client(db) -> Client:
     client = Client()
     assert client.login(username="root", password=ADMIN_PASSWORD)
     return client
+
+
+@pytest.fixture(scope="session")
+def simulator_url(tmp_path_factory):
+    """Base URL of a real provider simulator process, shared by the whole session."""
+    with running_simulator(tmp_path_factory.mktemp("simulator") / "uvicorn.log") as url:
+        yield url
