@@ -1,9 +1,13 @@
 """Helpers shared by the test suites (imported by tests only)."""
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -49,3 +53,77 @@ def manage_process(*args: str) -> subprocess.CompletedProcess:
         timeout=120,
         check=False,
     )
+
+
+class CeleryProcess:
+    """A real Celery worker or beat process on the test database and Redis."""
+
+    def __init__(self, kind: str, log_dir: Path, **env: str):
+        self.kind = kind
+        self.name = f"{kind}-{uuid.uuid4().hex[:8]}@test"
+        self.log = log_dir / f"{self.name}.log"
+        self.env = subprocess_env(REDIS_URL=settings.REDIS_URL, **env)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "CeleryProcess":
+        args = (
+            ["worker", "--pool=solo", "-n", self.name, "--without-mingle", "--without-gossip"]
+            if self.kind == "worker"
+            else ["beat", "--schedule", str(self.log.with_suffix(".schedule"))]
+        )
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 (our own command line)
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config.celery:app",
+                    *args,
+                    "--loglevel=INFO",
+                ],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def stop(self, sig: int | None = None) -> int | None:
+        """SIGTERM (a warm shutdown) by default; `sig` sends that signal instead."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc and self.proc.returncode
+        if sig is None:
+            self.proc.terminate()
+        else:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@contextlib.contextmanager
+def celery_processes(log_dir: Path, *kinds: str, **env: str) -> Iterator[list[CeleryProcess]]:
+    """Starts e.g. a worker and a beat; stops them (warm shutdown) at the end."""
+    procs = [CeleryProcess(kind, log_dir, **env).start() for kind in kinds]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, every_s: float = 0.2):
+    """Polls `predicate` until it returns something true; returns it (None on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(every_s)
+    return None
