@@ -166,6 +166,12 @@ class LedgerTransaction(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
+        indexes = [
+            # A payer's ledger newest first, and its charges of a month (limits, statements).
+            models.Index(
+                fields=["billing_account", "created_at", "id"], name="billing_txn_payer_created"
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(kind__in=TransactionKind.values), name="billing_transaction_kind_valid"
@@ -248,6 +254,10 @@ class UsageRecord(models.Model):
                 name="billing_usage_pending",
             ),
             models.Index(fields=["payer", "created_at"], name="billing_usage_payer"),
+            # The pending estimates of a payer, read by the limits check before every request.
+            models.Index(
+                fields=["payer"], condition=Q(state="pending"), name="billing_usage_payer_pending"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

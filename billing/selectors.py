@@ -1,8 +1,25 @@
 """Reads for billing, including the invariant checks finance relies on."""
 
-from django.db import connection
+from __future__ import annotations
 
-from billing.models import AccountKind, BillingAccount
+from datetime import UTC, datetime
+
+from django.db import connection
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.utils import timezone
+
+from accounts import selectors as accounts_selectors
+from accounts.models import Role, User
+from billing.models import (
+    PAYER_KINDS,
+    AccountKind,
+    BillingAccount,
+    LedgerEntry,
+    LedgerTransaction,
+    TransactionKind,
+    UsageRecord,
+)
+from billing.services import monthly_credit_nanousd
 
 # Each check: (name, SQL returning offending rows as (id, detail)).
 INVARIANTS = [
@@ -62,3 +79,112 @@ def balances_of(billing_account: BillingAccount) -> dict[str, int]:
         kind: next((a.balance_nanousd for a in pools if a.kind == kind), 0)
         for kind in (AccountKind.INCLUDED, AccountKind.PREPAID, AccountKind.PAYG)
     }
+
+
+def month_bounds(now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) of the calendar month (UTC) containing `now`."""
+    now = now.astimezone(UTC)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+# --- what a user may read -----------------------------------------------------------------------
+def billing_account_visible(*, viewer: User, name: str) -> BillingAccount | None:
+    """The billing account called `name` if `viewer` may read it, else None.
+
+    A user reads their own account (named after them); members of an organization, whatever
+    their role, read the organization's. A payer that was never charged has no row yet: it is
+    returned unsaved (pk None), so reading never writes.
+    """
+    if name.lower() == viewer.username.lower():
+        account = BillingAccount.objects.select_related("user").filter(user=viewer).first()
+        return account or BillingAccount(user=viewer)
+    org = accounts_selectors.organization_get(name=name)
+    if org is None or accounts_selectors.membership_get(user=viewer, organization=org) is None:
+        return None
+    account = BillingAccount.objects.filter(organization=org).first()
+    if account is None:
+        return BillingAccount(organization=org)
+    account.organization = org
+    return account
+
+
+def charges_nanousd(*, billing_account: BillingAccount, start: datetime, end: datetime) -> int:
+    """What the payer was charged by `charge` transactions created in [start, end)."""
+    if billing_account.pk is None:
+        return 0
+    total = LedgerEntry.objects.filter(
+        account__billing_account=billing_account,
+        account__kind__in=PAYER_KINDS,
+        amount_nanousd__lt=0,
+        transaction__billing_account=billing_account,
+        transaction__kind=TransactionKind.CHARGE,
+        transaction__created_at__gte=start,
+        transaction__created_at__lt=end,
+    ).aggregate(total=Sum("amount_nanousd", default=0))["total"]
+    return -total
+
+
+def account_summary(*, billing_account: BillingAccount, now: datetime | None = None) -> dict:
+    """The payer's pools and this month's charges, as the account API shows them.
+
+    Balances are the ledger's (they add up to the ledger listing); this month's included
+    credits appear once granted (by the hourly job or the month's first charge).
+    """
+    start, end = month_bounds(now or timezone.now())
+    balances = dict.fromkeys(PAYER_KINDS, 0)
+    if billing_account.pk is not None:
+        balances.update(billing_account.pools.values_list("kind", "balance_nanousd"))
+    org = billing_account.organization if billing_account.organization_id else None
+    return {
+        "name": billing_account.name,
+        "type": "org" if org else "user",
+        "included_credits_nanousd": balances[AccountKind.INCLUDED],
+        "prepaid_nanousd": balances[AccountKind.PREPAID],
+        "payg_due_nanousd": max(0, -balances[AccountKind.PAYG]),
+        "month_to_date_spend_nanousd": charges_nanousd(
+            billing_account=billing_account, start=start, end=end
+        ),
+        "spending_limit_nanousd": org.spending_limit_nanousd if org else None,
+        "monthly_included_nanousd": monthly_credit_nanousd(billing_account),
+    }
+
+
+def ledger_transaction_list(*, billing_account: BillingAccount) -> QuerySet[LedgerTransaction]:
+    """The payer's ledger transactions, newest first, each with `payer_entries`: its legs on
+    this payer's pools (the platform and provider legs are not the payer's business).
+
+    Transactions that moved none of the payer's money (a month with no credits to grant is
+    recorded as an empty grant) are left out.
+    """
+    if billing_account.pk is None:
+        return LedgerTransaction.objects.none()
+    on_payer = LedgerEntry.objects.filter(account__billing_account=billing_account)
+    return (
+        LedgerTransaction.objects.filter(billing_account=billing_account)
+        .filter(Exists(on_payer.filter(transaction=OuterRef("pk"))))
+        .prefetch_related(
+            Prefetch(
+                "entries",
+                queryset=on_payer.select_related("account").order_by("id"),
+                to_attr="payer_entries",
+            )
+        )
+        .order_by("-created_at", "-id")
+    )
+
+
+def usage_record_list_visible(*, viewer: User) -> QuerySet[UsageRecord]:
+    """Usage records `viewer` may read: their own requests (whoever paid), and every request
+    billed to an organization they administer. Other members see only their own."""
+    administered = (
+        accounts_selectors.membership_list_for_user(user=viewer)
+        .filter(role=Role.ADMIN)
+        .values("organization_id")
+    )
+    return (
+        UsageRecord.objects.filter(Q(user=viewer) | Q(payer__organization_id__in=administered))
+        .select_related("provider", "user", "payer__user", "payer__organization")
+        .order_by("-created_at", "-id")
+    )

@@ -231,6 +231,40 @@ def credits_top_up(
     )
 
 
+def credits_grant_extra(
+    *,
+    billing_account: BillingAccount,
+    amount_nanousd: int,
+    actor: str,
+    memo: str,
+    idempotency_key: str,
+    now: datetime | None = None,
+) -> LedgerTransaction | None:
+    """Extra included credits granted by a person (a goodwill gesture, a contest prize...).
+
+    Posted as a `grant`: included +X, credits_granted -X. Like the monthly credits they expire
+    at month end. This month's own grant is made sure of first: granted before it, the extra
+    credits would be expired by it. Returns None if `idempotency_key` was already posted.
+    """
+    if not memo.strip():
+        raise ApiError("A reason is required to grant credits.", field="memo")
+    if amount_nanousd <= 0:
+        raise ApiError("amount must be positive.", field="amount")
+    credits_ensure_month(billing_account=billing_account, now=now)
+    included = pools_of(billing_account)[AccountKind.INCLUDED]
+    return transaction_post(
+        kind=TransactionKind.GRANT,
+        idempotency_key=f"grant_extra:{idempotency_key}",
+        legs=[
+            Leg(included.pk, amount_nanousd),
+            Leg(platform_account(AccountKind.CREDITS_GRANTED).pk, -amount_nanousd),
+        ],
+        actor=actor,
+        memo=memo,
+        billing_account=billing_account,
+    )
+
+
 def ledger_adjust(
     *,
     billing_account: BillingAccount,

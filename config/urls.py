@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("accounts.urls")),
     path("api/", include("registry.urls")),
+    path("api/billing/", include("billing.urls")),
     # Last: any other API path is a JSON 404, in DEBUG too (Django's debug page is HTML).
     re_path(r"^(?:api|v1)/", api_not_found),
 ]

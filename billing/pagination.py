@@ -1,0 +1,111 @@
+"""Keyset pagination, newest first, for ledger transactions and usage records.
+
+Pages are ordered by (created_at, id) descending and the cursor is the last row's key, so a
+page costs one indexed range query however deep it is, rows inserted meanwhile neither shift
+nor repeat rows, and any number of rows may share a timestamp (a cost batch charges thousands
+of requests at one instant; DRF's CursorPagination would loop past 1,000 ties). There is no
+total count: counting a payer's usage on every page would cost more than the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+
+from django.db.models import Q
+from rest_framework.pagination import BasePagination
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
+
+from core.errors import ApiError
+
+
+class NewestFirstPagination(BasePagination):
+    """`{"next": <url or null>, "results": [...]}`; follow `next` until it is null."""
+
+    page_size = 100
+    max_page_size = 1000
+    cursor_query_param = "cursor"
+    page_size_query_param = "limit"
+
+    def get_page_size(self, request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except ValueError as exc:
+            raise ApiError(f"limit: {raw!r} is not a whole number.", field="limit") from exc
+        if size < 1:
+            raise ApiError("limit must be at least 1.", field="limit")
+        return min(size, self.max_page_size)
+
+    @staticmethod
+    def encode_cursor(row) -> str:
+        key = f"{row.created_at.isoformat()}|{row.pk}"
+        return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+    def decode_cursor(self, request) -> tuple[datetime, int] | None:
+        raw = request.query_params.get(self.cursor_query_param)
+        if raw is None:
+            return None
+        try:
+            padded = raw + "=" * (-len(raw) % 4)
+            text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+            moment, _, pk = text.partition("|")
+            after = datetime.fromisoformat(moment), int(pk)
+            if after[0].tzinfo is None:
+                raise ValueError("naive datetime")
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise ApiError("cursor: not a cursor from a `next` link.", field="cursor") from exc
+        return after
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.request = request
+        size = self.get_page_size(request)
+        after = self.decode_cursor(request)
+        if after is not None:
+            moment, pk = after
+            queryset = queryset.filter(Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=pk))
+        rows = list(queryset.order_by("-created_at", "-pk")[: size + 1])
+        self.next_cursor = self.encode_cursor(rows[size - 1]) if len(rows) > size else None
+        return rows[:size]
+
+    def get_next_link(self) -> str | None:
+        if self.next_cursor is None:
+            return None
+        url = self.request.build_absolute_uri()
+        return replace_query_param(url, self.cursor_query_param, self.next_cursor)
+
+    def get_paginated_response(self, data):
+        return Response({"next": self.get_next_link(), "results": data})
+
+    def get_paginated_response_schema(self, schema):
+        return {
+            "type": "object",
+            "required": ["next", "results"],
+            "properties": {
+                "next": {"type": "string", "format": "uri", "nullable": True},
+                "results": schema,
+            },
+        }
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "From the `next` link of the previous page.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"Page size (default {self.page_size}, at most "
+                f"{self.max_page_size}).",
+                "schema": {"type": "integer"},
+            },
+        ]
