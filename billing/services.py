@@ -9,11 +9,11 @@ idempotency key: running the same operation twice posts once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import Organization, OrgPlan, User, UserPlan
@@ -22,7 +22,6 @@ from billing.models import (
     AccountKind,
     BillingAccount,
     LedgerAccount,
-    LedgerEntry,
     LedgerTransaction,
     TransactionKind,
     UsageRecord,
@@ -93,6 +92,65 @@ class Leg:
     amount_nanousd: int
 
 
+@dataclass(frozen=True)
+class Posting:
+    """One balanced ledger transaction to write."""
+
+    kind: str
+    idempotency_key: str
+    legs: Sequence[Leg]
+    billing_account_id: int | None = None
+    memo: str = ""
+
+
+def postings_write(
+    postings: Sequence[Posting], *, actor: str, now: datetime | None = None
+) -> dict[str, int]:
+    """Writes many transactions with two statements: the transactions, then all their legs.
+
+    A posting whose idempotency key is already taken is skipped (`ON CONFLICT DO NOTHING`):
+    that is how every money movement is applied at most once. No savepoints, so it stays fast
+    inside a large transaction. Returns {idempotency key: transaction id} of those written.
+    The caller holds the account locks under which it computed the legs.
+    """
+    for posting in postings:
+        if sum(leg.amount_nanousd for leg in posting.legs) != 0:
+            raise ValueError(f"unbalanced legs for {posting.idempotency_key}: {posting.legs}")
+    if not postings:
+        return {}
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_ledgertransaction "
+            "(kind, idempotency_key, billing_account_id, actor, memo, created_at) "
+            "SELECT k, key, p, %s, m, %s "
+            "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS t(k, key, p, m) "
+            "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, id",
+            [
+                actor[:200],
+                now or timezone.now(),
+                [p.kind for p in postings],
+                [p.idempotency_key for p in postings],
+                [p.billing_account_id for p in postings],
+                [p.memo[:500] for p in postings],
+            ],
+        )
+        written = dict(cursor.fetchall())
+        legs = [
+            (written[p.idempotency_key], leg.account_id, leg.amount_nanousd)
+            for p in postings
+            if p.idempotency_key in written
+            for leg in p.legs
+            if leg.amount_nanousd
+        ]
+        if legs:
+            cursor.execute(  # one statement: the database checks each transaction sums to 0
+                "INSERT INTO billing_ledgerentry (transaction_id, account_id, amount_nanousd) "
+                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])",
+                [[t for t, _, _ in legs], [a for _, a, _ in legs], [x for _, _, x in legs]],
+            )
+    return written
+
+
 def transaction_post(
     *,
     kind: str,
@@ -102,37 +160,12 @@ def transaction_post(
     memo: str = "",
     billing_account: BillingAccount | None = None,
 ) -> LedgerTransaction | None:
-    """Posts one balanced transaction. Returns None if `idempotency_key` was already posted.
-
-    The caller holds the account locks when it computed `legs` from balances.
-    """
-    legs = [leg for leg in legs if leg.amount_nanousd != 0]
-    if sum(leg.amount_nanousd for leg in legs) != 0:
-        raise ValueError(f"unbalanced legs for {idempotency_key}: {legs}")
-    with transaction.atomic():
-        txn = LedgerTransaction(
-            kind=kind,
-            idempotency_key=idempotency_key,
-            actor=actor[:200],
-            memo=memo[:500],
-            billing_account=billing_account,
-        )
-        try:
-            with transaction.atomic():
-                txn.save()
-        except IntegrityError:
-            if LedgerTransaction.objects.filter(idempotency_key=idempotency_key).exists():
-                return None
-            raise
-        LedgerEntry.objects.bulk_create(  # one INSERT statement: all legs at once
-            [
-                LedgerEntry(
-                    transaction=txn, account_id=leg.account_id, amount_nanousd=leg.amount_nanousd
-                )
-                for leg in legs
-            ]
-        )
-    return txn
+    """Posts one balanced transaction. Returns None if `idempotency_key` was already posted."""
+    written = postings_write(
+        [Posting(kind, idempotency_key, list(legs), billing_account and billing_account.pk, memo)],
+        actor=actor,
+    )
+    return LedgerTransaction.objects.get(pk=written[idempotency_key]) if written else None
 
 
 def _month_start(moment: datetime | date) -> date:
@@ -149,61 +182,80 @@ def monthly_credit_nanousd(billing_account: BillingAccount) -> int:
     return 0
 
 
-def credits_ensure_month(
-    *, billing_account: BillingAccount, now: datetime | None = None, actor: str = "credits"
-) -> bool:
+def _grant_key(billing_account_id: int, label: str) -> str:
+    return f"grant:{billing_account_id}:{label}"
+
+
+def credits_ensure_month_many(
+    *,
+    billing_accounts: Sequence[BillingAccount],
+    now: datetime | None = None,
+    actor: str = "credits",
+) -> int:
     """Makes sure this month's included credits were granted (UTC calendar months).
 
     Before a month's grant, whatever is left of earlier included credits expires. Both are
-    posted under the included pool's lock with per-month idempotency keys, so running this
-    any number of times, concurrently or late, grants once and expires once per month.
-    Returns True if it posted anything.
+    posted under the included pools' locks with per-month idempotency keys, so running this
+    any number of times, concurrently or late, grants once and expires once per month. A
+    fixed number of statements for any number of accounts. Returns how many accounts got
+    this month's grant now.
     """
-    month = _month_start(now or timezone.now())
-    label = f"{month:%Y-%m}"
-    grant_key = f"grant:{billing_account.pk}:{label}"
-    if LedgerTransaction.objects.filter(idempotency_key=grant_key).exists():
-        return False
-    pools = pools_of(billing_account)
-    included = pools[AccountKind.INCLUDED]
-    with transaction.atomic():
-        balance = lock_accounts([included.pk])[included.pk]
-        if LedgerTransaction.objects.filter(idempotency_key=grant_key).exists():
-            return False  # a concurrent call granted it while we waited for the lock
-        if balance > 0:
-            transaction_post(
-                kind=TransactionKind.EXPIRY,
-                idempotency_key=f"expiry:{billing_account.pk}:before-{label}",
-                legs=[
-                    Leg(included.pk, -balance),
-                    Leg(platform_account(AccountKind.CREDITS_EXPIRED).pk, balance),
-                ],
-                actor=actor,
-                memo=f"included credits unused before {label} expire",
-                billing_account=billing_account,
+    label = f"{_month_start(now or timezone.now()):%Y-%m}"
+    by_id = {a.pk: a for a in billing_accounts}
+
+    def missing() -> set[int]:
+        keys = [_grant_key(pk, label) for pk in by_id]
+        done = LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list(
+            "billing_account_id", flat=True
+        )
+        return set(by_id) - set(done)
+
+    if not missing():
+        return 0
+    with transaction.atomic(savepoint=False):
+        included = dict(
+            LedgerAccount.objects.filter(
+                billing_account_id__in=list(by_id), kind=AccountKind.INCLUDED
+            ).values_list("billing_account_id", "pk")
+        )
+        balances = lock_accounts(included.values())
+        todo = missing()  # again, under the locks: a concurrent call may have granted
+        expired = platform_account(AccountKind.CREDITS_EXPIRED).pk
+        granted = platform_account(AccountKind.CREDITS_GRANTED).pk
+        postings = []
+        for pk in sorted(todo):
+            pool, balance = included[pk], balances[included[pk]]
+            if balance > 0:
+                postings.append(
+                    Posting(
+                        TransactionKind.EXPIRY,
+                        f"expiry:{pk}:before-{label}",
+                        [Leg(pool, -balance), Leg(expired, balance)],
+                        pk,
+                        f"included credits unused before {label} expire",
+                    )
+                )
+            amount = monthly_credit_nanousd(by_id[pk])
+            postings.append(
+                Posting(
+                    TransactionKind.GRANT,
+                    _grant_key(pk, label),
+                    [Leg(pool, amount), Leg(granted, -amount)] if amount else [],
+                    pk,
+                    f"monthly included credits {label}"
+                    if amount
+                    else f"no included credits for {label}",
+                )
             )
-        amount = monthly_credit_nanousd(billing_account)
-        if amount:
-            transaction_post(
-                kind=TransactionKind.GRANT,
-                idempotency_key=grant_key,
-                legs=[
-                    Leg(included.pk, amount),
-                    Leg(platform_account(AccountKind.CREDITS_GRANTED).pk, -amount),
-                ],
-                actor=actor,
-                memo=f"monthly included credits {label}",
-                billing_account=billing_account,
-            )
-        else:  # nothing to grant, but record that the month was handled
-            LedgerTransaction.objects.create(
-                kind=TransactionKind.GRANT,
-                idempotency_key=grant_key,
-                actor=actor,
-                memo=f"no included credits for {label}",
-                billing_account=billing_account,
-            )
-    return True
+        postings_write(postings, actor=actor, now=now)
+    return len(todo)
+
+
+def credits_ensure_month(
+    *, billing_account: BillingAccount, now: datetime | None = None, actor: str = "credits"
+) -> bool:
+    """`credits_ensure_month_many` for one account; True if it granted now."""
+    return bool(credits_ensure_month_many(billing_accounts=[billing_account], now=now, actor=actor))
 
 
 def credits_top_up(
@@ -408,64 +460,45 @@ def cost_batch_apply(
         return result
 
     payer_ids = sorted({payer_id for _, _, payer_id in pending})
-    label = f"{_month_start(now):%Y-%m}"
-    granted = set(
-        LedgerTransaction.objects.filter(
-            idempotency_key__in=[f"grant:{p}:{label}" for p in payer_ids]
-        ).values_list("billing_account_id", flat=True)
-    )
-    for payer in BillingAccount.objects.filter(pk__in=set(payer_ids) - granted).select_related(
-        "user", "organization"
-    ):  # lazily, the first time a payer is charged in a month
-        credits_ensure_month(billing_account=payer, now=now)
     pools = {
         (a.billing_account_id, a.kind): a.pk
         for a in LedgerAccount.objects.filter(billing_account_id__in=payer_ids)
     }
     payable = provider_payable(provider=provider).pk
-    balances = lock_accounts([*pools.values(), payable])
+    # Every account this batch touches, locked once, in primary-key order (no deadlocks).
+    lock_accounts([*pools.values(), payable])
+    # Lazily, the first time a payer is charged in a month: this month's credits.
+    credits_ensure_month_many(
+        billing_accounts=list(
+            BillingAccount.objects.filter(pk__in=payer_ids).select_related("user", "organization")
+        ),
+        now=now,
+    )
+    balances = lock_accounts([*pools.values(), payable])  # as the grants left them
     running = {
         payer_id: {kind: balances[pools[(payer_id, kind)]] for kind in PAYER_KINDS}
         for payer_id in payer_ids
     }
 
-    charged, zero = [], []
-    txn_keys, txn_payers, legs = [], [], []  # legs: (txn index, account id, amount)
+    charged, zero, postings = [], [], []
     for usage_id, request_id, payer_id in pending:
         cost = costs[request_id]
         if cost == 0:
             zero.append(usage_id)
             continue
-        index = len(txn_keys)
-        txn_keys.append(f"charge:{provider.pk}:{request_id}")
-        txn_payers.append(payer_id)
+        legs = [Leg(payable, cost)]
         for kind, part in _split(cost, running[payer_id]).items():
             if part:
                 running[payer_id][kind] -= part
-                legs.append((index, pools[(payer_id, kind)], -part))
-        legs.append((index, payable, cost))
-        charged.append((usage_id, cost, index))
+                legs.append(Leg(pools[(payer_id, kind)], -part))
+        key = f"charge:{provider.pk}:{request_id}"
+        postings.append(Posting(TransactionKind.CHARGE, key, legs, payer_id))
+        charged.append((usage_id, cost, key))
 
+    written = postings_write(postings, actor=actor, now=now)
+    charged = [(u, c, written[key]) for u, c, key in charged if key in written]
     with connection.cursor() as cursor:
-        txn_ids: list[int] = []
-        if txn_keys:
-            cursor.execute(
-                "INSERT INTO billing_ledgertransaction "
-                "(kind, idempotency_key, billing_account_id, actor, memo, created_at) "
-                "SELECT 'charge', k, p, %s, '', %s FROM unnest(%s::text[], %s::bigint[]) "
-                "WITH ORDINALITY AS t(k, p, n) ORDER BY n RETURNING id",
-                [actor, now, txn_keys, txn_payers],
-            )
-            txn_ids = [row[0] for row in cursor.fetchall()]
-            cursor.execute(
-                "INSERT INTO billing_ledgerentry (transaction_id, account_id, amount_nanousd) "
-                "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])",
-                [
-                    [txn_ids[i] for i, _, _ in legs],
-                    [a for _, a, _ in legs],
-                    [amount for _, _, amount in legs],
-                ],
-            )
+        if charged:
             cursor.execute(
                 "UPDATE billing_usagerecord u SET state = 'billed', cost_nanousd = c.cost, "
                 "charge_id = c.txn, billed_at = %s, cost_error = '' "
@@ -475,7 +508,7 @@ def cost_batch_apply(
                     now,
                     [u for u, _, _ in charged],
                     [c for _, c, _ in charged],
-                    [txn_ids[i] for _, _, i in charged],
+                    [t for _, _, t in charged],
                 ],
             )
         if zero:
