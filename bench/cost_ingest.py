@@ -227,8 +227,9 @@ def main() -> int:
         payable = services.provider_payable(provider=provider).pk
         # Grants are posted lazily on first charge; make them up front so every measurement
         # does the same work.
-        for account in BillingAccount.objects.select_related("user"):
-            services.credits_ensure_month(billing_account=account)
+        services.credits_ensure_month_many(
+            billing_accounts=list(BillingAccount.objects.select_related("user"))
+        )
 
         e2e_rate, batch_rates = end_to_end(provider)
         floor_rates = [floor(provider, payable) for _ in range(FLOOR_RUNS)]

@@ -37,6 +37,7 @@ DB_NAME = "hfbill"
 DEFAULT_PG_PORT = 54329
 DEFAULT_REDIS_PORT = 63790
 DEFAULT_WEB_PORT = 8000
+DEFAULT_SIM_PORT = 8001  # the provider simulator; the demo providers point at it
 
 
 def say(message: str) -> None:
@@ -372,8 +373,10 @@ def cmd_run(_args: argparse.Namespace) -> int:
     web_port = int(os.environ.get("PORT", DEFAULT_WEB_PORT))
     pg = Postgres(data_dir / "postgres", int(os.environ.get("PG_PORT", DEFAULT_PG_PORT)))
     redis = Redis(data_dir / "redis", int(os.environ.get("REDIS_PORT", DEFAULT_REDIS_PORT)))
-    if port_open(web_port):
-        fail(f"port {web_port} is already in use (set PORT)")
+    sim_port = int(os.environ.get("SIM_PORT", DEFAULT_SIM_PORT))
+    for port, var in ((web_port, "PORT"), (sim_port, "SIM_PORT")):
+        if port_open(port):
+            fail(f"port {port} is already in use (set {var})")
 
     local = write_local_env(
         {"DATABASE_URL": pg.url, "REDIS_URL": redis.url, "DATA_DIR": str(data_dir)}
@@ -381,6 +384,7 @@ def cmd_run(_args: argparse.Namespace) -> int:
     env = {
         **local,
         **os.environ,
+        "SIMULATOR_URL": f"http://127.0.0.1:{sim_port}",
         "DATABASE_URL": pg.url,
         "REDIS_URL": redis.url,
         "DATA_DIR": str(data_dir),
@@ -400,6 +404,7 @@ def cmd_run(_args: argparse.Namespace) -> int:
 
         celery = str(VENV_BIN / "celery")
         commands = {
+            "simulator": [PYTHON, "-m", "simulator", "--port", str(sim_port)],
             "web": [
                 str(VENV_BIN / "uvicorn"),
                 "config.asgi:application",
@@ -454,6 +459,7 @@ def cmd_run(_args: argparse.Namespace) -> int:
                     f"  OpenAPI      {base}/api/schema\n"
                     f"  Admin        {base}/admin/\n"
                     f"  Health       {base}/api/health\n"
+                    f"  Simulator    http://127.0.0.1:{sim_port}/<provider>  (demo providers)\n"
                     f"{demo}"
                     f"  Try: curl -H 'Authorization: Bearer <demo token>' {base}/api/whoami-v2\n"
                     "  Ctrl-C stops everything.\n"
@@ -467,7 +473,7 @@ def cmd_run(_args: argparse.Namespace) -> int:
                     break
                 time.sleep(0.5)
         finally:
-            for name in ("web", "beat", "worker"):
+            for name in ("web", "beat", "worker", "simulator"):
                 proc = procs.get(name)
                 if proc and proc.poll() is None:
                     proc.terminate()

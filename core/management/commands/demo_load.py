@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -95,14 +96,15 @@ class Command(ServiceCommand):
             created += 1
         provider = registry_selectors.provider_get(slug=spec["slug"])
         if provider is None:
-            base_url = base_url_template.format(slug=spec["slug"])
+            simulator = os.environ.get("SIMULATOR_URL", "http://127.0.0.1:8001").rstrip("/")
+            base_url = base_url_template.format(simulator=simulator, slug=spec["slug"])
             provider = registry_services.provider_create(
                 slug=spec["slug"],
                 display_name=spec["name"],
                 organization=org,
                 base_url=base_url,
                 cost_url=f"{base_url}/costs",
-                api_key=f"demo-{spec['slug']}-key",
+                api_key=f"sim-{spec['slug']}-key",  # what the provider simulator expects
                 chat_route=spec.get("chat_route") or "/v1/chat/completions",
             )
             created += 1
