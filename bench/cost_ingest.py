@@ -198,6 +198,7 @@ def end_to_end(provider: Provider) -> tuple[float, list[float]]:
         now = time.perf_counter()
         batch_times.append(now - last[0])
         last[0] = now
+        print(f"  end-to-end batch {batch}: {BATCH / batch_times[-1]:,.0f} charges/s")
         if batch >= E2E_BATCHES:
             raise StopIteration
 
