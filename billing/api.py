@@ -1,4 +1,5 @@
-"""Billing HTTP API (read-only): a payer's balances, its ledger, usage records.
+"""Billing HTTP API: a payer's balances, its ledger, usage records (reads), and the batch
+ingestion of usage records for routers that run outside this process (staff only).
 
 Who reads what: a user reads their own account; members of an organization read the
 organization's; anyone else gets the same 404 as for a name that does not exist. Usage
@@ -12,15 +13,18 @@ from __future__ import annotations
 import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
+from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors as accounts_selectors
-from accounts.permissions import token_permission
-from billing import selectors
+from accounts.models import TokenRole
+from accounts.permissions import request_token, token_permission
+from billing import selectors, usage
 from billing.models import BillingAccount, LedgerTransaction, UsageRecord, UsageState
 from billing.pagination import NewestFirstPagination
 from core.errors import ApiError
+from core.serializers import StrictSerializer
 from registry import selectors as registry_selectors
 
 BillingRead = token_permission("user.billing.read")
@@ -180,6 +184,49 @@ class UsageRecordSerializer(serializers.Serializer):
     billedAt = serializers.DateTimeField(source="billed_at", allow_null=True)
 
 
+class StaffWriter(BasePermission):
+    """Staff users with a token that can write (or an admin session)."""
+
+    message = "Ingesting usage records needs a staff account and a write token."
+
+    def has_permission(self, request, view) -> bool:
+        token = request_token(request)
+        return bool(
+            request.user.is_authenticated
+            and request.user.is_staff
+            and (token is None or token.role != TokenRole.READ)
+        )
+
+
+class UsageRecordInSerializer(StrictSerializer):
+    provider = serializers.CharField(max_length=64)
+    requestId = serializers.CharField(max_length=255, required=False, allow_null=True)
+    user = serializers.CharField(max_length=96)
+    billTo = serializers.CharField(max_length=96, required=False, allow_null=True)
+    hubModel = serializers.CharField(max_length=200, required=False, default="")
+    providerModel = serializers.CharField(max_length=255, required=False, default="")
+    task = serializers.CharField(max_length=64, required=False, default="")
+    httpStatus = serializers.IntegerField(min_value=100, max_value=599, allow_null=True)
+    promptTokens = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    completionTokens = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    estimatedCostNanoUsd = serializers.IntegerField(
+        min_value=0, max_value=10**15, required=False, default=0
+    )
+    byok = serializers.BooleanField(required=False, default=False)
+    createdAt = serializers.DateTimeField(required=False)
+
+
+class UsageIngestSerializer(StrictSerializer):
+    records = serializers.ListField(
+        child=UsageRecordInSerializer(), allow_empty=False, max_length=usage.INGEST_MAX
+    )
+
+
+class UsageIngestResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+
+
 class UsageListView(generics.ListAPIView):
     """Usage records visible to you, newest first: your own requests (whoever paid), plus
     every request billed to an organization you administer."""
@@ -195,6 +242,25 @@ class UsageListView(generics.ListAPIView):
         _refuse_unknown_params(self.request, PAGINATION_PARAMS | set(UsageFilter.base_filters))
         return selectors.usage_record_list_visible(viewer=self.request.user)
 
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [StaffWriter()]
+        return super().get_permissions()
+
     @extend_schema(operation_id="billing_usage_list")
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="billing_usage_ingest",
+        request=UsageIngestSerializer,
+        responses={200: UsageIngestResultSerializer},
+        description="Staff (or a service account's write token) only. Up to 10,000 usage "
+        "records; all or nothing; idempotent on (provider, requestId): a record already "
+        "stored counts as a duplicate and is left as it is.",
+    )
+    def post(self, request, *args, **kwargs):
+        body = UsageIngestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = usage.usage_records_ingest(records=body.validated_data["records"])
+        return Response({"created": result.created, "duplicates": result.duplicates})

@@ -38,22 +38,24 @@ ORG_SEAT_MONTHLY_NANOUSD = 2_000_000_000
 
 
 # --- accounts ---------------------------------------------------------------------------------
-def _with_pools(billing_account: BillingAccount) -> BillingAccount:
+def ensure_pools(*billing_accounts: BillingAccount) -> None:
+    """Creates the included, prepaid and payg pools of these accounts if missing (1 query)."""
     LedgerAccount.objects.bulk_create(
-        [LedgerAccount(kind=k, billing_account=billing_account) for k in PAYER_KINDS],
+        [LedgerAccount(kind=k, billing_account=a) for a in billing_accounts for k in PAYER_KINDS],
         ignore_conflicts=True,
     )
-    return billing_account
 
 
 def billing_account_for_user(*, user: User) -> BillingAccount:
     account, _ = BillingAccount.objects.get_or_create(user=user)
-    return _with_pools(account)
+    ensure_pools(account)
+    return account
 
 
 def billing_account_for_organization(*, organization: Organization) -> BillingAccount:
     account, _ = BillingAccount.objects.get_or_create(organization=organization)
-    return _with_pools(account)
+    ensure_pools(account)
+    return account
 
 
 def platform_account(kind: str) -> LedgerAccount:
