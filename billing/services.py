@@ -253,6 +253,30 @@ def credits_ensure_month_many(
     return len(todo)
 
 
+# (billing account, "YYYY-MM") known to have their month's grant. A grant is never undone, so a
+# process may remember it and skip asking the database on every batch. Only grants read back
+# from the database are remembered, and cost batches run in their own transactions, so a
+# remembered grant is a committed one.
+_granted_cache: set[tuple[int, str]] = set()
+_GRANTED_CACHE_MAX = 500_000
+
+
+def _payers_without_grant(payer_ids: Sequence[int], now: datetime) -> set[int]:
+    label = f"{_month_start(now):%Y-%m}"
+    unknown = [p for p in payer_ids if (p, label) not in _granted_cache]
+    if not unknown:
+        return set()
+    done = set(
+        LedgerTransaction.objects.filter(
+            idempotency_key__in=[_grant_key(p, label) for p in unknown]
+        ).values_list("billing_account_id", flat=True)
+    )
+    if len(_granted_cache) > _GRANTED_CACHE_MAX:
+        _granted_cache.clear()
+    _granted_cache.update((p, label) for p in done)
+    return set(unknown) - done
+
+
 def credits_ensure_month(
     *, billing_account: BillingAccount, now: datetime | None = None, actor: str = "credits"
 ) -> bool:
@@ -463,20 +487,26 @@ def cost_batch_apply(
 
     payer_ids = sorted({payer_id for _, _, payer_id in pending})
     pools = {
-        (a.billing_account_id, a.kind): a.pk
-        for a in LedgerAccount.objects.filter(billing_account_id__in=payer_ids)
+        (billing_account_id, kind): pk
+        for pk, billing_account_id, kind in LedgerAccount.objects.filter(
+            billing_account_id__in=payer_ids
+        ).values_list("pk", "billing_account_id", "kind")
     }
     payable = provider_payable(provider=provider).pk
-    # Every account this batch touches, locked once, in primary-key order (no deadlocks).
-    lock_accounts([*pools.values(), payable])
-    # Lazily, the first time a payer is charged in a month: this month's credits.
-    credits_ensure_month_many(
-        billing_accounts=list(
-            BillingAccount.objects.filter(pk__in=payer_ids).select_related("user", "organization")
-        ),
-        now=now,
-    )
-    balances = lock_accounts([*pools.values(), payable])  # as the grants left them
+    ungranted = _payers_without_grant(payer_ids, now)
+    if ungranted:
+        # Every account this batch touches is locked in primary-key order first (no
+        # deadlocks); then, lazily at a payer's first charge of the month, its credits.
+        lock_accounts([*pools.values(), payable])
+        credits_ensure_month_many(
+            billing_accounts=list(
+                BillingAccount.objects.filter(pk__in=ungranted).select_related(
+                    "user", "organization"
+                )
+            ),
+            now=now,
+        )
+    balances = lock_accounts([*pools.values(), payable])
     running = {
         payer_id: {kind: balances[pools[(payer_id, kind)]] for kind in PAYER_KINDS}
         for payer_id in payer_ids
