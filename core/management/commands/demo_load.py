@@ -1,13 +1,18 @@
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import CommandError
 from django.db import transaction
+from django.utils import timezone
 
 from accounts import selectors, services
 from accounts.models import OrgPlan
+from billing import services as billing_services
+from billing import usage
+from billing.models import BillingAccount, UsageRecord
 from core.errors import Conflict
 from core.management.base import ServiceCommand
 from core.money import usd_to_nanousd
@@ -70,6 +75,8 @@ class Command(ServiceCommand):
                 created += 1
         if "catalog" in data:
             created += self.load_catalog(file.parent, data["catalog"])
+        if "usage" in data:
+            created += self.load_usage(data["usage"])
         self.say(f"Demo data: {created} object(s) created, the rest already present.")
         token = data["tokens"][0]
         self.stdout.write(
@@ -124,4 +131,41 @@ class Command(ServiceCommand):
                 created += 1
             except Conflict:
                 pass  # already loaded
+        return created
+
+    def load_usage(self, spec: dict) -> int:
+        """Billing accounts with this month's credits for the demo users and organizations,
+        and a few pending usage records that the running worker then polls from the
+        simulator and charges (so the admin and the billing API show a working ledger)."""
+        users = [selectors.user_get(name=name) for name in spec["payers"]]
+        accounts = [billing_services.billing_account_for_user(user=u) for u in users]
+        for name in spec["organizations"]:
+            org = selectors.organization_get(name=name)
+            accounts.append(billing_services.billing_account_for_organization(organization=org))
+        billing_services.credits_ensure_month_many(
+            billing_accounts=[
+                BillingAccount.objects.select_related("user", "organization").get(pk=a.pk)
+                for a in accounts
+            ]
+        )
+        provider = registry_selectors.provider_get(slug=spec["provider"])
+        created = 0
+        for i, record in enumerate(spec["records"]):
+            user = selectors.user_get(name=record["user"])
+            payer = usage.payer_resolve(user=user, bill_to=record.get("billTo"))
+            request_id = f"sim-{provider.slug}-demo{i:020d}"
+            before = UsageRecord.objects.filter(provider=provider, request_id=request_id)
+            if before.exists():
+                continue
+            billing_services.usage_record_create(
+                provider=provider,
+                request_id=request_id,
+                user=user,
+                payer=payer,
+                http_status=200,
+                hub_model_id=record["model"],
+                task="conversational",
+                created_at=timezone.now() - timedelta(minutes=2),
+            )
+            created += 1
         return created
