@@ -445,7 +445,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("request_id", "provider", "payer", "user", "hub_model_id", "state",
                     "http_status", "cost", "estimate", "created_at", "billed_at")  # fmt: skip
     list_filter = ("provider", "state")
-    search_fields = ("=request_id",)
+    # Exact matches (indexed): a request ID, or a payer's user or organization name.
+    search_fields = ("=request_id", "=payer__user__username", "=payer__organization__name")
     date_hierarchy = "created_at"
     list_select_related = ("provider", "user", "payer__user", "payer__organization")
     show_full_result_count = False  # counting millions of records on every page is waste

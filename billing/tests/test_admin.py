@@ -344,3 +344,16 @@ def test_granting_extra_credits_twice_with_one_key_posts_once(payer):
     assert results[0] is not None
     assert results[1] is None
     assert pools(payer)[AccountKind.INCLUDED] == services.PRO_USER_MONTHLY_NANOUSD + USD
+
+
+def test_usage_records_can_be_found_by_payer_name(staff_client):
+    provider = ProviderFactory(slug="finder")
+    alice = services.billing_account_for_user(user=UserFactory(username="alice-payer"))
+    bob = services.billing_account_for_user(user=UserFactory(username="bob-payer"))
+    pending_usage(provider=provider, payer=alice, request_id="req-alice")
+    pending_usage(provider=provider, payer=bob, request_id="req-bob")
+    page = staff_client.get(
+        reverse("admin:billing_usagerecord_changelist"), {"q": "alice-payer"}
+    ).content.decode()
+    assert "req-alice" in page
+    assert "req-bob" not in page
