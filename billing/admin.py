@@ -210,11 +210,13 @@ class BillingAccountAdmin(admin.ModelAdmin):
     def latest_transactions(self, obj: BillingAccount):
         txns = list(
             LedgerTransaction.objects.filter(billing_account=obj)
-            .prefetch_related("entries__account__billing_account__user",
-                              "entries__account__billing_account__organization",
-                              "entries__account__provider")
+            .prefetch_related(
+                "entries__account__billing_account__user",
+                "entries__account__billing_account__organization",
+                "entries__account__provider",
+            )
             .order_by("-created_at", "-id")[:LATEST_TRANSACTIONS]
-        )  # fmt: skip
+        )
         if not txns:
             return "none"
         rows = format_html_join(
@@ -302,11 +304,11 @@ class BillingAccountAdmin(admin.ModelAdmin):
             )
         return True
 
-    @admin.action(description="Grant credits (included, expire at month end)",
-                  permissions=["change"])  # fmt: skip
-    def grant_credits(self, request, queryset):
+    def _credit_action(self, request, queryset, *, action, title, explanation, service):
+        """An action that adds a positive amount through `service` (grant or top-up)."""
+
         def post(*, account, data, actor, key):
-            return services.credits_grant_extra(
+            return service(
                 billing_account=account,
                 amount_nanousd=data["amount"],
                 actor=actor,
@@ -315,36 +317,38 @@ class BillingAccountAdmin(admin.ModelAdmin):
             )
 
         return self._ledger_action(
+            request,
+            queryset,
+            action=action,
+            title=title,
+            explanation=explanation,
+            form_class=LedgerActionForm,
+            post=post,
+        )
+
+    @admin.action(description="Grant credits (included, expire at month end)",
+                  permissions=["change"])  # fmt: skip
+    def grant_credits(self, request, queryset):
+        return self._credit_action(
             request,
             queryset,
             action="grant_credits",
             title="Grant credits",
             explanation="Adds included credits to each selected payer. Like the monthly "
             "credits, they are spent first and expire at the end of the month (UTC).",
-            form_class=LedgerActionForm,
-            post=post,
+            service=services.credits_grant_extra,
         )
 
     @admin.action(description="Top up (prepaid credits)", permissions=["change"])
     def top_up(self, request, queryset):
-        def post(*, account, data, actor, key):
-            return services.credits_top_up(
-                billing_account=account,
-                amount_nanousd=data["amount"],
-                actor=actor,
-                memo=data["reason"],
-                idempotency_key=key,
-            )
-
-        return self._ledger_action(
+        return self._credit_action(
             request,
             queryset,
             action="top_up",
             title="Top up",
             explanation="Adds prepaid (bought) credits to each selected payer, paid in cash. "
             "They never expire.",
-            form_class=LedgerActionForm,
-            post=post,
+            service=services.credits_top_up,
         )
 
     @admin.action(description="Adjust a pool (correction)", permissions=["change"])
@@ -382,10 +386,15 @@ class EntryInline(ReadOnlyInline):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related(
-            "account__billing_account__user", "account__billing_account__organization",
-            "account__provider",
-        )  # fmt: skip
+        return (
+            super()
+            .get_queryset(request)
+            .select_related(
+                "account__billing_account__user",
+                "account__billing_account__organization",
+                "account__provider",
+            )
+        )
 
     @admin.display(description="amount")
     def amount(self, obj: LedgerEntry) -> str:
