@@ -22,6 +22,7 @@ from billing.models import (
     AccountKind,
     BillingAccount,
     LedgerAccount,
+    LedgerEntry,
     LedgerTransaction,
     TransactionKind,
     UsageRecord,
@@ -341,6 +342,44 @@ def credits_grant_extra(
         memo=memo,
         billing_account=billing_account,
     )
+
+
+def charge_refund(*, usage_record: UsageRecord, actor: str, memo: str) -> LedgerTransaction | None:
+    """Refunds a billed request in full: a `refund` transaction with every leg of its charge
+    negated, so each pool gets back what it paid and the provider's payable drops by the cost.
+
+    The charge itself stays (entries are never changed). Once per charge (idempotency key
+    `refund:<charge id>`): a second call returns None.
+    """
+    if not memo.strip():
+        raise ApiError("A reason is required for a refund.", field="memo")
+    if usage_record.state != UsageState.BILLED or usage_record.charge_id is None:
+        raise ApiError(
+            f"Request {usage_record.request_id} was not charged ({usage_record.state}); "
+            "there is nothing to refund.",
+            field="request_id",
+        )
+    legs = [
+        Leg(account_id, -amount)
+        for account_id, amount in LedgerEntry.objects.filter(
+            transaction_id=usage_record.charge_id
+        ).values_list("account_id", "amount_nanousd")
+    ]
+    with transaction.atomic():
+        lock_accounts(leg.account_id for leg in legs)
+        written = postings_write(
+            [
+                Posting(
+                    TransactionKind.REFUND,
+                    f"refund:{usage_record.charge_id}",
+                    legs,
+                    usage_record.payer_id,
+                    memo,
+                )
+            ],
+            actor=actor,
+        )
+    return LedgerTransaction.objects.get(pk=written.popitem()[1]) if written else None
 
 
 def ledger_adjust(
