@@ -181,3 +181,37 @@ def test_32_threads_charging_one_account_lose_no_update(provider):
     assert pools(payer) == {"included": 0, "prepaid": 0, "payg": expected_payg}
     assert services.provider_payable(provider=provider).balance_nanousd == total
     assert invariant_violations() == []
+
+
+@pytest.mark.django_db
+def test_a_refund_gives_each_pool_back_what_it_paid_once(provider):
+    payer = payer_for_new_user(plan="free")  # $0.10 included
+    record = pending_usage(provider=provider, payer=payer, request_id="r", created_at=NOW)
+    services.cost_batch_apply(provider=provider, costs={"r": 300_000_000}, now=NOW)
+    record.refresh_from_db()
+    assert pools(payer) == {"included": 0, "prepaid": 0, "payg": -200_000_000}
+
+    refund = services.charge_refund(usage_record=record, actor="finance", memo="outage")
+    again = services.charge_refund(usage_record=record, actor="finance", memo="outage")
+
+    assert refund.kind == "refund"
+    assert again is None
+    expected = {"included": services.FREE_USER_MONTHLY_NANOUSD, "prepaid": 0, "payg": 0}
+    assert pools(payer) == expected
+    assert services.provider_payable(provider=provider).balance_nanousd == 0
+    record.refresh_from_db()
+    assert record.state == UsageState.BILLED  # the charge stays; the refund is a new entry
+    assert invariant_violations() == []
+
+
+@pytest.mark.django_db
+def test_only_a_charged_request_can_be_refunded_and_a_reason_is_required(provider):
+    payer = payer_for_new_user()
+    record = pending_usage(provider=provider, payer=payer, request_id="p", created_at=NOW)
+    with pytest.raises(services.ApiError, match="nothing to refund"):
+        services.charge_refund(usage_record=record, actor="finance", memo="why")
+    services.cost_batch_apply(provider=provider, costs={"p": 5}, now=NOW)
+    record.refresh_from_db()
+    with pytest.raises(services.ApiError, match="reason"):
+        services.charge_refund(usage_record=record, actor="finance", memo="  ")
+    assert LedgerTransaction.objects.filter(kind="refund").count() == 0
