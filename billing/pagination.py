@@ -9,8 +9,6 @@ total count: counting a payer's usage on every page would cost more than the pag
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 
 from django.db.models import Q
@@ -19,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
 from core.errors import ApiError
+from core.pagination import decode_cursor, encode_cursor, parse_limit
 
 
 class NewestFirstPagination(BasePagination):
@@ -30,34 +29,27 @@ class NewestFirstPagination(BasePagination):
     page_size_query_param = "limit"
 
     def get_page_size(self, request) -> int:
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        try:
-            size = int(raw)
-        except ValueError as exc:
-            raise ApiError(f"limit: {raw!r} is not a whole number.", field="limit") from exc
-        if size < 1:
-            raise ApiError("limit must be at least 1.", field="limit")
-        return min(size, self.max_page_size)
+        return parse_limit(
+            request.query_params.get(self.page_size_query_param),
+            default=self.page_size,
+            maximum=self.max_page_size,
+        )
 
     @staticmethod
     def encode_cursor(row) -> str:
-        key = f"{row.created_at.isoformat()}|{row.pk}"
-        return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+        return encode_cursor(f"{row.created_at.isoformat()}|{row.pk}")
 
     def decode_cursor(self, request) -> tuple[datetime, int] | None:
         raw = request.query_params.get(self.cursor_query_param)
         if raw is None:
             return None
+        text = decode_cursor(raw, source="`next` link")
         try:
-            padded = raw + "=" * (-len(raw) % 4)
-            text = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
             moment, _, pk = text.partition("|")
             after = datetime.fromisoformat(moment), int(pk)
             if after[0].tzinfo is None:
                 raise ValueError("naive datetime")
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        except ValueError as exc:
             raise ApiError("cursor: not a cursor from a `next` link.", field="cursor") from exc
         return after
 

@@ -4,8 +4,6 @@ Wire formats follow the partner docs ("Model Mapping API") and what huggingface_
 @huggingface/inference and real partner scripts send and parse.
 """
 
-import base64
-import binascii
 from urllib.parse import urlencode
 
 from drf_spectacular.types import OpenApiTypes
@@ -18,6 +16,7 @@ from rest_framework.views import APIView
 from accounts.permissions import request_token
 from core.errors import ApiError
 from core.ids import is_object_id
+from core.pagination import decode_cursor, encode_cursor, parse_limit
 from core.serializers import StrictSerializer
 from registry import selectors, services
 from registry.models import MODEL_ID_MAX_LENGTH, MappingStatus, MappingType, Provider
@@ -327,34 +326,6 @@ class HubModelDetailView(APIView):
         return Response(model_payload(model, expand=expand, mapping=mapping, mapping_as_list=False))
 
 
-def _encode_cursor(model_id: str) -> str:
-    return base64.urlsafe_b64encode(model_id.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    # validate=True: the lenient decoder drops foreign characters, so "!!!!" was "" (page 1).
-    padded = cursor + "=" * (-len(cursor) % 4)
-    try:
-        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ApiError("cursor: not a cursor from a Link header.", field="cursor") from exc
-    if not after:
-        raise ApiError("cursor: not a cursor from a Link header.", field="cursor")
-    return after
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return LIST_LIMIT_DEFAULT
-    try:
-        limit = int(raw)
-    except ValueError as exc:
-        raise ApiError(f"limit: {raw!r} is not a whole number.", field="limit") from exc
-    if limit < 1:
-        raise ApiError("limit must be at least 1.", field="limit")
-    return min(limit, LIST_LIMIT_MAX)
-
-
 class HubModelListView(APIView):
     permission_classes = [AllowAny]
 
@@ -387,7 +358,7 @@ class HubModelListView(APIView):
         inference = params.get("inference")
         if inference not in (None, "", "warm"):
             raise ApiError("inference: the only filter is 'warm'.", field="inference")
-        limit = _limit(params.get("limit"))
+        limit = parse_limit(params.get("limit"), default=LIST_LIMIT_DEFAULT, maximum=LIST_LIMIT_MAX)
         cursor = params.get("cursor")
         expand = _expand(request)
         viewer = selectors.viewer_for(request.user)
@@ -399,7 +370,7 @@ class HubModelListView(APIView):
             pipeline_tag=params.get("pipeline_tag") or None,
             author=params.get("author") or None,
             search=(params.get("search") or "")[:200] or None,
-            after=_decode_cursor(cursor) if cursor else None,
+            after=decode_cursor(cursor, source="Link header") if cursor else None,
             limit=limit + 1,
         )
         has_next = len(models) > limit
@@ -414,7 +385,7 @@ class HubModelListView(APIView):
         headers = {}
         if has_next:
             query = params.copy()
-            query["cursor"] = _encode_cursor(models[-1].model_id)
+            query["cursor"] = encode_cursor(models[-1].model_id)
             url = (
                 request.build_absolute_uri(request.path)
                 + "?"
