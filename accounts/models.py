@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 
+from core.fields import EncryptedTextField
 from core.ids import object_id
 
 NAME_MAX_LENGTH = 96
@@ -67,6 +68,10 @@ class User(AbstractUser):
     )
     fullname = models.CharField(max_length=255, blank=True)
     plan = models.CharField(max_length=16, choices=UserPlan.choices, default=UserPlan.FREE)
+    # Provider slugs, most preferred first: the Hub API's mapping order and `:preferred` in the
+    # router. Providers not listed follow in the default order. Kept on the user row so that
+    # authenticating a request already loads it (no query on the Hub API's hot path).
+    provider_order = ArrayField(models.CharField(max_length=64), default=list, blank=True)
 
     objects = UserManager()
 
@@ -95,6 +100,8 @@ class Organization(models.Model):
     seats = models.PositiveIntegerField(default=1)
     # Pay-as-you-go spend per calendar month (UTC) may not pass this; null means no limit.
     spending_limit_nanousd = models.BigIntegerField(null=True, blank=True)
+    # Provider slugs the router must never choose when this organization pays.
+    disabled_providers = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     members = models.ManyToManyField(User, through="Membership", related_name="organizations")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -178,3 +185,98 @@ class AccessToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class ProviderKey(models.Model):
+    """A user's own key for one provider (BYOK): the router sends it instead of the platform's,
+    and the request is not charged. Encrypted at rest; only the last 4 characters are shown."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="provider_keys")
+    provider = models.ForeignKey(
+        "registry.Provider", on_delete=models.CASCADE, related_name="user_keys"
+    )
+    key = EncryptedTextField()
+    last4 = models.CharField(max_length=4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["user__username", "provider__slug"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "provider"], name="accounts_providerkey_user_provider_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug} key of {self.user.username} (…{self.last4})"
+
+    @property
+    def masked(self) -> str:
+        return f"…{self.last4}"
+
+
+class SettingsSource(models.TextChoices):
+    API = "api", "API"
+    ADMIN = "admin", "admin"
+    COMMAND = "command", "command"
+
+
+class SettingName(models.TextChoices):
+    PROVIDER_ORDER = "provider_order", "provider order"
+    PROVIDER_KEY = "provider_key", "custom provider key"
+    SPENDING_LIMIT = "spending_limit", "spending limit"
+    DISABLED_PROVIDERS = "disabled_providers", "disabled providers"
+
+
+class SettingsChange(models.Model):
+    """Who changed which inference-provider setting of a user or organization, and when.
+
+    Append-only. Custom keys appear masked (`…abcd`), never in clear.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept when the actor's account is deleted.
+    actor_name = models.CharField(max_length=NAME_MAX_LENGTH, blank=True)
+    source = models.CharField(max_length=8, choices=SettingsSource.choices)
+    user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.CASCADE, related_name="settings_changes"
+    )
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="settings_changes",
+    )
+    setting = models.CharField(max_length=32, choices=SettingName.choices)
+    # For a key: the provider slug; otherwise empty.
+    target = models.CharField(max_length=64, blank=True)
+    old_value = models.JSONField(null=True, blank=True)
+    new_value = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, organization__isnull=True)
+                | Q(user__isnull=True, organization__isnull=False),
+                name="accounts_settingschange_one_subject",
+            ),
+            models.CheckConstraint(
+                condition=Q(source__in=SettingsSource.values),
+                name="accounts_settingschange_source_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(setting__in=SettingName.values),
+                name="accounts_settingschange_setting_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        subject = self.user or self.organization
+        target = f" {self.target}" if self.target else ""
+        return f"{self.get_setting_display()}{target} of {subject} by {self.actor_name or '?'}"

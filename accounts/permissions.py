@@ -18,6 +18,9 @@ FINE_GRAINED_PERMISSIONS = {
     "org.read": "Read organizations the user belongs to",
     "org.write": "Manage organizations the user administers (including their provider mappings)",
     "tokens.write": "Create and revoke the user's access tokens",
+    "user.settings.write": (
+        "Change the user's settings: inference provider order and custom provider keys"
+    ),
 }
 # Permissions that only read; a `read` token carries these.
 READ_PERMISSIONS = frozenset({"user.billing.read", "org.read"})

@@ -1,6 +1,13 @@
 from django.db.models import QuerySet
 
-from accounts.models import AccessToken, Membership, Organization, User
+from accounts.models import (
+    AccessToken,
+    Membership,
+    Organization,
+    ProviderKey,
+    SettingsChange,
+    User,
+)
 from accounts.tokens import token_hash
 
 
@@ -46,3 +53,44 @@ def name_taken(*, name: str) -> bool:
         User.objects.filter(username__iexact=name).exists()
         or Organization.objects.filter(name__iexact=name).exists()
     )
+
+
+# --- inference-provider settings (read by the registry's Hub API and the router) -------------
+def provider_order_for(*, user: User | None) -> tuple[str, ...]:
+    """The caller's preferred providers, most preferred first; empty for anonymous callers or
+    users without a preference (the registry then applies its default order). Reads the user
+    row already loaded by authentication: no query."""
+    if user is None or not user.is_authenticated:
+        return ()
+    return tuple(user.provider_order)
+
+
+def organization_disabled_providers(*, organization: Organization) -> frozenset[str]:
+    """Providers the router must never choose when `organization` pays."""
+    return frozenset(organization.disabled_providers)
+
+
+def user_provider_key(*, user: User, provider_slug: str) -> str | None:
+    """The user's own key for the provider, decrypted; None if not set.
+
+    For the router only, to send to that provider. Never log or return it.
+    """
+    row = ProviderKey.objects.filter(user=user, provider__slug=provider_slug).first()
+    return row.key if row is not None else None
+
+
+def user_provider_key_list(*, user: User) -> QuerySet[ProviderKey]:
+    return (
+        ProviderKey.objects.filter(user=user).select_related("provider").order_by("provider__slug")
+    )
+
+
+def settings_change_list(
+    *, user: User | None = None, organization: Organization | None = None
+) -> QuerySet[SettingsChange]:
+    changes = SettingsChange.objects.all()
+    if user is not None:
+        changes = changes.filter(user=user)
+    if organization is not None:
+        changes = changes.filter(organization=organization)
+    return changes.order_by("-created_at", "-id")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -17,7 +20,11 @@ from accounts.models import (
     Membership,
     Organization,
     OrgPlan,
+    ProviderKey,
     Role,
+    SettingName,
+    SettingsChange,
+    SettingsSource,
     TokenRole,
     User,
     UserPlan,
@@ -26,6 +33,7 @@ from accounts.models import (
 from accounts.permissions import FINE_GRAINED_PERMISSIONS
 from accounts.tokens import DISPLAY_PREFIX_LENGTH, token_generate, token_hash
 from core.errors import ApiError, Conflict
+from registry import selectors as registry_selectors
 
 TOKEN_NAME_MAX_LENGTH = 100
 FULLNAME_MAX_LENGTH = 255
@@ -215,3 +223,201 @@ def access_token_touch(*, token: AccessToken) -> None:
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=token.pk
     ).update(last_used_at=now)
     token.last_used_at = now
+
+
+# --- inference-provider settings ------------------------------------------------------------
+# A user's provider order and custom keys (BYOK); an organization's spending limit and disabled
+# providers. Every change is one transaction that also appends a `SettingsChange` naming who
+# made it; custom keys are logged masked.
+
+PROVIDER_KEY_MAX_LENGTH = 1024
+# Keys travel in an HTTP header: printable ASCII, no spaces or control characters (a newline
+# would let a key inject headers into the provider request).
+_PROVIDER_KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
+# Generous upper bound for a list of provider slugs (there are a few dozen providers).
+PROVIDER_LIST_MAX_LENGTH = 200
+# 10^9 USD: far above any real limit, far below BigInteger's range.
+SPENDING_LIMIT_MAX_NANOUSD = 10**18
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a settings change, for the audit trail."""
+
+    user: User | None
+    source: str = SettingsSource.API
+
+    @property
+    def name(self) -> str:
+        return self.user.username if self.user is not None else "system"
+
+
+def _record_change(
+    actor: Actor, *, setting: str, old, new, user=None, organization=None, target: str = ""
+) -> None:
+    SettingsChange.objects.create(
+        actor=actor.user,
+        actor_name=actor.name,
+        source=actor.source,
+        user=user,
+        organization=organization,
+        setting=setting,
+        target=target,
+        old_value=old,
+        new_value=new,
+    )
+
+
+def provider_slugs_clean(value, *, field: str) -> list[str]:
+    """A list of existing provider slugs without repeats, or a 400 naming `field`."""
+    if not isinstance(value, list | tuple):
+        raise ApiError(f"{field} must be a list of provider names.", field=field)
+    if len(value) > PROVIDER_LIST_MAX_LENGTH:
+        raise ApiError(f"{field} has more than {PROVIDER_LIST_MAX_LENGTH} entries.", field=field)
+    seen: set[str] = set()
+    for index, slug in enumerate(value):
+        if not isinstance(slug, str) or not slug:
+            raise ApiError(
+                f"{field}[{index}] must be a provider name (a non-empty string).", field=field
+            )
+        if slug in seen:
+            raise ApiError(f"{field} names {slug!r} more than once.", field=field)
+        seen.add(slug)
+    unknown = sorted(seen - registry_selectors.provider_slugs_existing(slugs=seen))
+    if unknown:
+        raise ApiError(
+            f"{field} names unknown provider(s): {', '.join(map(repr, unknown))}.", field=field
+        )
+    return list(value)
+
+
+def provider_key_clean(value, *, field: str) -> str:
+    if not isinstance(value, str):
+        raise ApiError(f"{field} must be a string.", field=field)
+    if not value:
+        raise ApiError(f"{field} must not be empty.", field=field)
+    if len(value) > PROVIDER_KEY_MAX_LENGTH:
+        raise ApiError(f"{field} is longer than {PROVIDER_KEY_MAX_LENGTH} characters.", field=field)
+    if not _PROVIDER_KEY_RE.match(value):
+        raise ApiError(
+            f"{field} may only contain printable ASCII characters without spaces.", field=field
+        )
+    return value
+
+
+def _lock_user(user: User) -> User:
+    """Serializes settings changes of one user, so the audit trail's old values are exact."""
+    return User.objects.select_for_update().get(pk=user.pk)
+
+
+@transaction.atomic
+def user_provider_settings_update(
+    *,
+    user: User,
+    actor: Actor,
+    order: Sequence[str] | None = None,
+    keys: dict[str, str] | None = None,
+) -> None:
+    """Replaces the user's provider order (if given) and sets or replaces the custom keys
+    named in `keys` (other keys are kept). All or nothing: one bad value changes nothing."""
+    if order is not None:
+        order = provider_slugs_clean(order, field="order")
+    if keys is not None:
+        if not isinstance(keys, dict):
+            raise ApiError("keys must be an object of provider name to key.", field="keys")
+        provider_slugs_clean(list(keys), field="keys")
+        keys = {slug: provider_key_clean(key, field=f"keys.{slug}") for slug, key in keys.items()}
+    locked = _lock_user(user)
+    if order is not None and list(locked.provider_order) != order:
+        _record_change(
+            actor, setting=SettingName.PROVIDER_ORDER, user=locked,
+            old=list(locked.provider_order), new=order,
+        )  # fmt: skip
+        User.objects.filter(pk=user.pk).update(provider_order=order)
+        user.provider_order = order
+    if keys:
+        providers = registry_selectors.provider_map(slugs=keys)
+        existing = {k.provider_id: k for k in ProviderKey.objects.filter(user=locked)}
+        for slug, key in keys.items():
+            provider = providers[slug]
+            current = existing.get(provider.pk)
+            if current is not None and current.key == key:
+                continue
+            new = ProviderKey(user=locked, provider=provider, key=key, last4=key[-4:])
+            if current is not None:
+                new.pk, new.created_at = current.pk, current.created_at
+            new.save()
+            _record_change(
+                actor, setting=SettingName.PROVIDER_KEY, user=locked, target=slug,
+                old=current and current.masked, new=new.masked,
+            )  # fmt: skip
+
+
+@transaction.atomic
+def user_provider_key_delete(*, user: User, provider_slug: str, actor: Actor) -> bool:
+    """Removes the user's key for the provider; False if there was none."""
+    locked = _lock_user(user)
+    key = (
+        ProviderKey.objects.filter(user=locked, provider__slug=provider_slug)
+        .select_related("provider")
+        .first()
+    )
+    if key is None:
+        return False
+    key.delete()
+    _record_change(
+        actor, setting=SettingName.PROVIDER_KEY, user=locked, target=provider_slug,
+        old=key.masked, new=None,
+    )  # fmt: skip
+    return True
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def organization_provider_settings_update(
+    *,
+    organization: Organization,
+    actor: Actor,
+    spending_limit_nanousd: int | None = _UNSET,
+    disabled_providers: Sequence[str] | None = None,
+) -> Organization:
+    """Sets the monthly spending limit (None: no limit) and/or replaces the set of disabled
+    providers; arguments left out are unchanged."""
+    updates: dict[str, Any] = {}
+    if spending_limit_nanousd is not _UNSET and spending_limit_nanousd is not None:
+        if isinstance(spending_limit_nanousd, bool) or not isinstance(spending_limit_nanousd, int):
+            raise ApiError("spendingLimit must be a number of USD.", field="spendingLimit")
+        if spending_limit_nanousd < 0:
+            raise ApiError("spendingLimit must not be negative.", field="spendingLimit")
+        if spending_limit_nanousd > SPENDING_LIMIT_MAX_NANOUSD:
+            raise ApiError(
+                f"spendingLimit must be at most {SPENDING_LIMIT_MAX_NANOUSD // 10**9} USD.",
+                field="spendingLimit",
+            )
+    if disabled_providers is not None:
+        disabled_providers = sorted(
+            provider_slugs_clean(disabled_providers, field="disabledProviders")
+        )
+    locked = Organization.objects.select_for_update().get(pk=organization.pk)
+    if (
+        spending_limit_nanousd is not _UNSET
+        and spending_limit_nanousd != locked.spending_limit_nanousd
+    ):
+        _record_change(
+            actor, setting=SettingName.SPENDING_LIMIT, organization=locked,
+            old=locked.spending_limit_nanousd, new=spending_limit_nanousd,
+        )  # fmt: skip
+        updates["spending_limit_nanousd"] = spending_limit_nanousd
+    if disabled_providers is not None and disabled_providers != sorted(locked.disabled_providers):
+        _record_change(
+            actor, setting=SettingName.DISABLED_PROVIDERS, organization=locked,
+            old=sorted(locked.disabled_providers), new=disabled_providers,
+        )  # fmt: skip
+        updates["disabled_providers"] = disabled_providers
+    if updates:
+        Organization.objects.filter(pk=locked.pk).update(**updates)
+        for name, value in updates.items():
+            setattr(organization, name, value)
+    return organization

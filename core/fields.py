@@ -1,8 +1,9 @@
 """A text field encrypted at rest (provider API keys, users' custom provider keys).
 
 Fernet (AES-128-CBC + HMAC-SHA256) from `cryptography`, keyed by FIELD_ENCRYPTION_KEY.
-Several comma-separated keys may be configured: the first encrypts, all decrypt, so keys can
-be rotated by prepending a new one and re-saving rows. The database never sees the clear text.
+Several comma-separated keys may be configured: the first encrypts, all decrypt. To rotate,
+prepend a new key, then run `manage.py encryption_rotate` (re-encrypts every stored value under
+the first key), then drop the old key. The database never sees the clear text.
 """
 
 import base64
@@ -44,6 +45,35 @@ def decrypt(stored: str) -> str:
             "An encrypted field cannot be decrypted with FIELD_ENCRYPTION_KEY "
             "(was the key changed without keeping the old one after a comma?)"
         ) from exc
+
+
+@cache
+def _first_cipher(keys: str) -> Fernet:
+    return Fernet(_fernet_key(next(k.strip() for k in keys.split(",") if k.strip())))
+
+
+def key_state(stored: str) -> str:
+    """ "current" (readable with the first key), "old" (only with a later key) or
+    "unreadable" (with none of the configured keys, or not an encrypted value)."""
+    if not stored.startswith(PREFIX):
+        return "unreadable"
+    token = stored[len(PREFIX) :].encode()
+    try:
+        _first_cipher(settings.FIELD_ENCRYPTION_KEY).decrypt(token)
+        return "current"
+    except InvalidToken:
+        pass
+    try:
+        _cipher(settings.FIELD_ENCRYPTION_KEY).decrypt(token)
+        return "old"
+    except InvalidToken:
+        return "unreadable"
+
+
+def reencrypt(stored: str) -> str:
+    """The same secret encrypted under the first key, without exposing it to the caller."""
+    token = stored[len(PREFIX) :].encode()
+    return PREFIX + _cipher(settings.FIELD_ENCRYPTION_KEY).rotate(token).decode()
 
 
 class EncryptedTextField(models.TextField):

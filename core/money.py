@@ -46,10 +46,17 @@ def nanousd_to_usd(nanousd: int) -> Decimal:
     return Decimal(nanousd) / NANOUSD_PER_USD
 
 
+def usd_text(nanousd: int) -> str:
+    """Exact decimal USD, at least 2 decimals: 2_000_000_000 -> "2.00", 1 -> "0.000000001".
+
+    What the APIs return for USD amounts: a string, since JSON numbers are floats to most
+    clients."""
+    text = f"{nanousd_to_usd(abs(nanousd)):.9f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{'-' if nanousd < 0 else ''}{whole}.{frac.ljust(2, '0')}"
+
+
 def format_usd(nanousd: int) -> str:
     """Human display, e.g. 2_000_000_000 -> "$2.00", 1 -> "$0.000000001", -5e8 -> "-$0.50"."""
-    sign = "-" if nanousd < 0 else ""
-    amount = nanousd_to_usd(abs(nanousd))
-    text = f"{amount:.9f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"{sign}${whole}.{frac.ljust(2, '0')}"
+    text = usd_text(nanousd)
+    return f"-${text[1:]}" if nanousd < 0 else f"${text}"

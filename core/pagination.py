@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+from urllib.parse import urlencode
 
 from core.errors import ApiError
 
@@ -37,3 +38,14 @@ def decode_cursor(raw: str, *, source: str) -> str:
     if not text:
         raise ApiError(f"cursor: not a cursor from a {source}.", field="cursor")
     return text
+
+
+def next_link(request, key: str) -> str:
+    """The `Link` header value for the page after `key`, keeping the request's other
+    parameters (as the Hub and GitHub paginate; `huggingface_hub` follows it)."""
+    query = request.query_params.copy()
+    query["cursor"] = encode_cursor(key)
+    url = (
+        request.build_absolute_uri(request.path) + "?" + urlencode(list(query.lists()), doseq=True)
+    )
+    return f'<{url}>; rel="next"'

@@ -4,8 +4,6 @@ Wire formats follow the partner docs ("Model Mapping API") and what huggingface_
 @huggingface/inference and real partner scripts send and parse.
 """
 
-from urllib.parse import urlencode
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -16,7 +14,7 @@ from rest_framework.views import APIView
 from accounts.permissions import request_token
 from core.errors import ApiError
 from core.ids import is_object_id
-from core.pagination import decode_cursor, encode_cursor, parse_limit
+from core.pagination import decode_cursor, next_link, parse_limit
 from core.serializers import StrictSerializer
 from registry import selectors, services
 from registry.models import MODEL_ID_MAX_LENGTH, MappingStatus, MappingType, Provider
@@ -384,12 +382,5 @@ class HubModelListView(APIView):
         ]
         headers = {}
         if has_next:
-            query = params.copy()
-            query["cursor"] = encode_cursor(models[-1].model_id)
-            url = (
-                request.build_absolute_uri(request.path)
-                + "?"
-                + urlencode(list(query.lists()), doseq=True)
-            )
-            headers["Link"] = f'<{url}>; rel="next"'
+            headers["Link"] = next_link(request, models[-1].model_id)
         return Response(body, headers=headers)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from accounts import selectors as accounts_selectors
 from registry.models import (
     HubModel,
     Mapping,
@@ -47,7 +48,10 @@ def viewer_for(user) -> Viewer:
     if user is None or not user.is_authenticated:
         return ANONYMOUS
     org_ids = frozenset(user.memberships.values_list("organization_id", flat=True))
-    return Viewer(organization_ids=org_ids)
+    return Viewer(
+        organization_ids=org_ids,
+        provider_order=accounts_selectors.provider_order_for(user=user),
+    )
 
 
 def provider_get(*, slug: str) -> Provider | None:
@@ -323,3 +327,12 @@ def hub_model_list(
     if after:
         models = models.filter(model_id__gt=after)
     return list(models.order_by("model_id")[:limit])
+
+
+def provider_slugs_existing(*, slugs: Iterable[str]) -> set[str]:
+    """Which of `slugs` name a provider (active or suspended)."""
+    return set(Provider.objects.filter(slug__in=list(slugs)).values_list("slug", flat=True))
+
+
+def provider_map(*, slugs: Iterable[str]) -> dict[str, Provider]:
+    return {p.slug: p for p in Provider.objects.filter(slug__in=list(slugs))}
