@@ -163,6 +163,8 @@ class UserAdmin(DjangoUserAdmin):
         if formset.model is not ProviderKey:
             return super().save_formset(request, form, formset, change)
         user, actor = form.instance, _admin_actor(request)
+        # Django's change message reads these; the settings history records the details.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for key_form in formset.forms:
             if not key_form.has_changed() and key_form not in formset.deleted_forms:
                 continue

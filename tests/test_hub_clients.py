@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from huggingface_hub import HfApi
 
 from accounts.models import Role
 from accounts.tests.factories import MembershipFactory, UserFactory, token_for
-from registry.models import Mapping
+from registry.models import HubModel, Mapping
 from registry.tests.factories import (
     HubModelFactory,
     MappingFactory,
@@ -74,6 +75,49 @@ def test_model_info_of_a_lora_carries_the_adapter(live_server, catalog):
     assert fal.adapter == "lora"
     assert fal.adapter_weights_path == "littletinies.safetensors"
     assert fal.type == "tag-filter"
+
+
+def test_model_info_with_a_users_token_lists_providers_in_that_users_order(live_server, catalog):
+    fal_fan = UserFactory(username="prefers-together")
+    token = token_for(fal_fan)
+    put = httpx.put(
+        f"{live_server.url}/api/settings/inference-providers",
+        json={"order": ["together", "fal-ai", "groq"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert put.status_code == 200, put.text
+    api = HfApi(endpoint=live_server.url)
+
+    mine = api.model_info(LLAMA, expand=["inferenceProviderMapping"], token=token)
+    anonymous = api.model_info(LLAMA, expand=["inferenceProviderMapping"], token=False)
+    listed = {
+        m.id: [p.provider for p in m.inference_provider_mapping]
+        for m in api.list_models(
+            inference_provider="all", expand=["inferenceProviderMapping"], token=token
+        )
+    }
+
+    assert [m.provider for m in mine.inference_provider_mapping] == ["together", "groq"]
+    assert [m.provider for m in anonymous.inference_provider_mapping] == ["groq", "together"]
+    assert listed[LLAMA] == ["together", "groq"]
+
+
+def test_a_partial_order_puts_the_named_providers_first_then_the_default_order(
+    live_server, catalog
+):
+    cerebras = ProviderFactory(slug="cerebras")
+    MappingFactory(provider=cerebras, hub_model=HubModel.objects.get(model_id=LLAMA))
+    user = UserFactory(username="likes-together")
+    user.provider_order = ["together"]
+    user.save()
+
+    info = HfApi(endpoint=live_server.url).model_info(
+        LLAMA, expand=["inferenceProviderMapping"], token=token_for(user)
+    )
+
+    assert [m.provider for m in info.inference_provider_mapping] == [
+        "together", "cerebras", "groq",
+    ]  # fmt: skip
 
 
 def test_list_models_filters_by_provider_and_task(live_server, catalog):
