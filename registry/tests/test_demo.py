@@ -152,3 +152,25 @@ def test_the_demo_token_can_add_a_mapping_to_the_demo_provider_of_its_organizati
     assert created.created_by == User.objects.get(username=token["user"])
     listed = APIClient().get("/api/partners/together/models").json()
     assert listed[task][candidate]["providerId"] == "demo/new-model"
+
+
+def test_demo_settings_apply_once_and_survive_a_reload():
+    demo_load()
+    demo = User.objects.get(username="demo")
+    org = Organization.objects.get(name="demo-org")
+    assert demo.provider_order == DEMO["settings"]["users"]["demo"]["order"]
+    assert org.disabled_providers == ["hyperbolic"]
+    token = DEMO["tokens"][0]["token"]
+    response = APIClient().get(
+        f"/api/models/{LLAMA}?expand=inferenceProviderMapping", **bearer(token)
+    )
+    served = list(response.json()["inferenceProviderMapping"])
+    preferred = [slug for slug in demo.provider_order if slug in served]
+    assert len(preferred) >= 2  # the fixture maps the model to several preferred providers
+    assert served[: len(preferred)] == preferred
+
+    demo.provider_order = ["groq"]
+    demo.save()
+    demo_load()
+
+    assert User.objects.get(username="demo").provider_order == ["groq"]

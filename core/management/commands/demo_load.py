@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts import selectors, services
-from accounts.models import OrgPlan
+from accounts.models import OrgPlan, SettingsSource
 from billing import services as billing_services
 from billing import usage
 from billing.models import BillingAccount, UsageRecord
@@ -75,6 +75,8 @@ class Command(ServiceCommand):
                 created += 1
         if "catalog" in data:
             created += self.load_catalog(file.parent, data["catalog"])
+        if "settings" in data:
+            self.load_settings(data["settings"])
         if "usage" in data:
             created += self.load_usage(data["usage"])
         self.say(f"Demo data: {created} object(s) created, the rest already present.")
@@ -83,6 +85,24 @@ class Command(ServiceCommand):
             f"  Admin login  {admin['name']} / {admin['password']}\n"
             f"  Demo token   {token['token']}  ({token['role']}, user {token['user']})\n"
         )
+
+    def load_settings(self, spec: dict) -> None:
+        """Provider order and disabled providers, only where still unset."""
+        actor = services.Actor(user=None, source=SettingsSource.COMMAND)
+        for name, settings_spec in spec.get("users", {}).items():
+            user = selectors.user_get(name=name)
+            if user is not None and not user.provider_order:
+                services.user_provider_settings_update(
+                    user=user, actor=actor, order=settings_spec["order"]
+                )
+        for name, settings_spec in spec.get("organizations", {}).items():
+            org = selectors.organization_get(name=name)
+            if org is not None and not org.disabled_providers:
+                services.organization_provider_settings_update(
+                    organization=org,
+                    actor=actor,
+                    disabled_providers=settings_spec["disabledProviders"],
+                )
 
     def load_catalog(self, folder: Path, catalog: dict) -> int:
         """Hub models, providers (with their organizations) and their mappings."""
