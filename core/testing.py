@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connection
+from django.db import close_old_connections, connection
 
 REPO_ROOT = Path(settings.BASE_DIR)
 
@@ -197,3 +198,25 @@ def admin_form_data(page_html: str, **changes) -> dict:
     return {
         k: v if len(v) > 1 else v[0] for k, v in data.items() if v and k != "csrfmiddlewaretoken"
     }
+
+
+def run_threads(count: int, target) -> list[BaseException]:
+    """Runs `target(i)` in `count` threads released together; returns what they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def wrapped(i):
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return errors

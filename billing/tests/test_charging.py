@@ -1,17 +1,16 @@
 """Charging provider-reported costs: pool order, bill-to, exactly once, concurrency."""
 
-import threading
 from datetime import UTC, datetime
 
 import pytest
 from django.core.management import call_command
-from django.db import close_old_connections
 
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 from billing import services
 from billing.models import LedgerTransaction, UsageRecord, UsageState
 from billing.selectors import invariant_violations
 from billing.tests.factories import payer_for_new_user, pending_usage
+from core.testing import run_threads
 from registry.tests.factories import ProviderFactory
 
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
@@ -115,27 +114,6 @@ def test_non_billable_requests_are_recorded_but_never_charged(provider):
     result = services.cost_batch_apply(provider=provider, costs={"e": 5, "k": 5}, now=NOW)
     assert result.billed == 0
     assert LedgerTransaction.objects.filter(kind="charge").count() == 0
-
-
-def run_threads(count: int, target) -> list[BaseException]:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(count)
-
-    def wrapped(i):
-        try:
-            barrier.wait()
-            target(i)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            close_old_connections()
-
-    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return errors
 
 
 @pytest.mark.django_db(transaction=True)
