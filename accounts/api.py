@@ -17,7 +17,7 @@ from accounts.permissions import (
 from core.errors import ApiError
 from core.money import NANOUSD_PER_USD, usd_text, usd_to_nanousd
 from core.pagination import decode_cursor, next_link, parse_limit
-from core.serializers import StrictSerializer
+from core.serializers import StrictCharField, StrictDecimalField, StrictSerializer
 
 
 # --- whoami -------------------------------------------------------------------------------
@@ -239,8 +239,10 @@ class OrganizationDetailView(APIView):
 
 # --- inference-provider settings --------------------------------------------------------------
 class ProviderKeyMaskedSerializer(serializers.Serializer):
-    masked = serializers.CharField(help_text="`…` and the key's last 4 characters.")
-    last4 = serializers.CharField()
+    masked = serializers.CharField(
+        help_text="`…` and the key's last 4 characters (only `…` for keys under 16 characters)."
+    )
+    last4 = serializers.CharField(help_text="Empty for keys under 16 characters.")
     setAt = serializers.DateTimeField(source="updated_at")
 
 
@@ -258,14 +260,16 @@ class UserProviderSettingsSerializer(serializers.Serializer):
 
 class UserProviderSettingsUpdateSerializer(StrictSerializer):
     order = serializers.ListField(
-        child=serializers.CharField(max_length=64),
+        child=StrictCharField(max_length=64),
         required=False,
         max_length=services.PROVIDER_LIST_MAX_LENGTH,
         help_text="Replaces the whole order. `[]` removes the preference.",
     )
     keys = serializers.DictField(
-        child=serializers.CharField(
-            max_length=services.PROVIDER_KEY_MAX_LENGTH, trim_whitespace=False
+        child=StrictCharField(
+            min_length=services.PROVIDER_KEY_MIN_LENGTH,
+            max_length=services.PROVIDER_KEY_MAX_LENGTH,
+            trim_whitespace=False,
         ),
         required=False,
         help_text="Sets or replaces the key of each provider named; other keys are kept. "
@@ -361,7 +365,7 @@ class OrganizationProviderSettingsSerializer(serializers.Serializer):
 
 
 class OrganizationProviderSettingsUpdateSerializer(StrictSerializer):
-    spendingLimit = serializers.DecimalField(
+    spendingLimit = StrictDecimalField(
         max_digits=19,
         decimal_places=9,
         min_value=0,
@@ -372,7 +376,7 @@ class OrganizationProviderSettingsUpdateSerializer(StrictSerializer):
         "null removes the limit.",
     )
     disabledProviders = serializers.ListField(
-        child=serializers.CharField(max_length=64),
+        child=StrictCharField(max_length=64),
         required=False,
         max_length=services.PROVIDER_LIST_MAX_LENGTH,
         help_text="Replaces the whole set. `[]` enables every provider.",
@@ -398,10 +402,7 @@ def organization_provider_settings_payload(org) -> dict:
 class OrganizationProviderSettingsView(APIView):
     """An organization's spending limit and disabled providers. Organization admins only."""
 
-    permission_classes = [
-        token_permission("org.read"),
-        token_permission("org.write", only_unsafe=True),
-    ]
+    permission_classes = [token_permission("org.write", read="org.read")]
 
     @extend_schema(
         responses=OrganizationProviderSettingsSerializer,
@@ -434,11 +435,14 @@ class OrganizationProviderSettingsView(APIView):
 
 class OrganizationMemberListSerializer(serializers.Serializer):
     user = serializers.CharField(source="user.username")
-    fullname = serializers.CharField(source="user.fullname")
+    fullname = serializers.SerializerMethodField()
     type = serializers.CharField(default="user")
     isPro = serializers.BooleanField(source="user.is_pro")
     role = serializers.CharField()
     joinedAt = serializers.DateTimeField(source="created_at")
+
+    def get_fullname(self, membership) -> str:
+        return membership.user.fullname or membership.user.username
 
 
 MEMBERS_LIMIT_DEFAULT = 500
@@ -474,6 +478,4 @@ class OrganizationMemberListView(APIView):
         if len(page) > limit:
             page = page[:limit]
             headers["Link"] = next_link(request, page[-1].user.username)
-        for m in page:
-            m.user.fullname = m.user.fullname or m.user.username
         return Response(OrganizationMemberListSerializer(page, many=True).data, headers=headers)

@@ -213,7 +213,7 @@ class ProviderKey(models.Model):
 
     @property
     def masked(self) -> str:
-        return f"…{self.last4}"
+        return f"…{self.last4}"  # just "…" for a short key, whose last 4 would say too much
 
 
 class SettingsSource(models.TextChoices):

@@ -41,32 +41,40 @@ def request_token(request) -> AccessToken | None:
 
 
 class TokenPermission(BasePermission):
-    """Requires the request's token to allow `permission`; a browser session passes.
+    """Requires an authenticated caller whose token allows `permission`; a browser session
+    passes. Subclass, or use `token_permission("...")`.
 
-    Subclass with `permission = "..."`, or use `token_permission("...")`. When
-    `only_unsafe` is set, reads (GET, HEAD, OPTIONS) need no permission.
+    For reads (GET, HEAD, OPTIONS): `read_permission` if set, nothing more than being
+    authenticated if `only_unsafe` is set, else `permission` too.
     """
 
     permission = ""
+    read_permission = ""
     only_unsafe = False
 
     def has_permission(self, request, view) -> bool:
-        if self.only_unsafe and request.method in SAFE_METHODS:
-            return True
+        if not (request.user and request.user.is_authenticated):
+            return False  # DRF answers 401, since a token could have been given
+        needed = self.permission
+        if request.method in SAFE_METHODS:
+            if self.read_permission:
+                needed = self.read_permission
+            elif self.only_unsafe:
+                return True
         token = request_token(request)
-        if token is None:
-            return bool(request.user and request.user.is_authenticated)
-        if token_allows(token, self.permission):
+        if token is None or token_allows(token, needed):
             return True
-        self.message = (
-            f"This {token.role} access token does not have the '{self.permission}' permission."
-        )
+        self.message = f"This {token.role} access token does not have the '{needed}' permission."
         return False
 
 
-def token_permission(permission: str, *, only_unsafe: bool = False) -> type[TokenPermission]:
+def token_permission(
+    permission: str, *, only_unsafe: bool = False, read: str = ""
+) -> type[TokenPermission]:
+    """A permission class: `permission` for writes; for reads, `read` if given, nothing if
+    `only_unsafe`, else `permission` as well."""
     return type(
-        f"TokenPermission_{permission.replace('.', '_')}",
+        f"TokenPermission_{permission.replace('.', '_')}_{read.replace('.', '_')}",
         (TokenPermission,),
-        {"permission": permission, "only_unsafe": only_unsafe},
+        {"permission": permission, "only_unsafe": only_unsafe, "read_permission": read},
     )

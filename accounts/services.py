@@ -230,7 +230,11 @@ def access_token_touch(*, token: AccessToken) -> None:
 # providers. Every change is one transaction that also appends a `SettingsChange` naming who
 # made it; custom keys are logged masked.
 
+PROVIDER_KEY_MIN_LENGTH = 8
 PROVIDER_KEY_MAX_LENGTH = 1024
+# The last 4 characters are shown only for keys at least this long, so that what is shown
+# stays a small part of the key.
+PROVIDER_KEY_SHOW_LAST4_FROM = 16
 # Keys travel in an HTTP header: printable ASCII, no spaces or control characters (a newline
 # would let a key inject headers into the provider request).
 _PROVIDER_KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
@@ -296,6 +300,11 @@ def provider_key_clean(value, *, field: str) -> str:
         raise ApiError(f"{field} must be a string.", field=field)
     if not value:
         raise ApiError(f"{field} must not be empty.", field=field)
+    if len(value) < PROVIDER_KEY_MIN_LENGTH:
+        raise ApiError(
+            f"{field} is shorter than {PROVIDER_KEY_MIN_LENGTH} characters: not a provider key.",
+            field=field,
+        )
     if len(value) > PROVIDER_KEY_MAX_LENGTH:
         raise ApiError(f"{field} is longer than {PROVIDER_KEY_MAX_LENGTH} characters.", field=field)
     if not _PROVIDER_KEY_RE.match(value):
@@ -343,7 +352,8 @@ def user_provider_settings_update(
             current = existing.get(provider.pk)
             if current is not None and current.key == key:
                 continue
-            new = ProviderKey(user=locked, provider=provider, key=key, last4=key[-4:])
+            last4 = key[-4:] if len(key) >= PROVIDER_KEY_SHOW_LAST4_FROM else ""
+            new = ProviderKey(user=locked, provider=provider, key=key, last4=last4)
             if current is not None:
                 new.pk, new.created_at = current.pk, current.created_at
             new.save()

@@ -22,3 +22,23 @@ class StrictSerializer(serializers.Serializer):
                 {name: ["Unknown field."] for name in unknown}, code="unknown_field"
             )
         return super().to_internal_value(data)
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into text (a
+    key or a name given as `12345` is a mistake in the client, not a string)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictDecimalField(serializers.DecimalField):
+    """A DecimalField where a blank string is invalid, not null: with `allow_null`, DRF reads
+    `""` as null, which would silently clear a value such as a spending limit."""
+
+    def validate_empty_values(self, data):
+        if isinstance(data, str) and not data.strip():
+            self.fail("invalid")
+        return super().validate_empty_values(data)
