@@ -304,3 +304,27 @@ class ProviderBillingHealth(models.Model):
 
     def __str__(self) -> str:
         return f"billing health of provider {self.provider_id}"
+
+
+class InFlight(models.Model):
+    """An estimate held against an organization's spending limit while its request is being
+    served (the router reserves it before forwarding and removes it in the transaction that
+    writes the usage record). Expired reservations (a router that died mid-request) stop
+    counting at `expires_at` and are deleted by a periodic task."""
+
+    payer = models.ForeignKey(BillingAccount, on_delete=models.CASCADE, related_name="in_flight")
+    estimated_cost_nanousd = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["payer", "expires_at"], name="billing_inflight_payer")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(estimated_cost_nanousd__gte=0),
+                name="billing_inflight_estimate_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.estimated_cost_nanousd} nano-USD in flight for payer {self.payer_id}"

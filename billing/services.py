@@ -175,14 +175,20 @@ def _month_start(moment: datetime | date) -> date:
     return date(moment.year, moment.month, 1)
 
 
+def monthly_credit_for(*, user_plan: str | None = None, org_plan: str = "", seats: int = 0) -> int:
+    """Included credits per month: of a user (given `user_plan`) or of an organization."""
+    if user_plan is not None:
+        return PRO_USER_MONTHLY_NANOUSD if user_plan == UserPlan.PRO else FREE_USER_MONTHLY_NANOUSD
+    if org_plan in (OrgPlan.TEAM, OrgPlan.ENTERPRISE):
+        return ORG_SEAT_MONTHLY_NANOUSD * seats
+    return 0
+
+
 def monthly_credit_nanousd(billing_account: BillingAccount) -> int:
     if billing_account.user_id:
-        pro = billing_account.user.plan == UserPlan.PRO
-        return PRO_USER_MONTHLY_NANOUSD if pro else FREE_USER_MONTHLY_NANOUSD
+        return monthly_credit_for(user_plan=billing_account.user.plan)
     org = billing_account.organization
-    if org.plan in (OrgPlan.TEAM, OrgPlan.ENTERPRISE):
-        return ORG_SEAT_MONTHLY_NANOUSD * org.seats
-    return 0
+    return monthly_credit_for(org_plan=org.plan, seats=org.seats)
 
 
 def _grant_key(billing_account_id: int, label: str) -> str:

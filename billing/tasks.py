@@ -3,7 +3,7 @@ the database, see services.cost_batch_apply)."""
 
 from celery import shared_task
 
-from billing import polling, services
+from billing import limits, polling, services
 from billing.models import BillingAccount
 from registry.models import Provider, ProviderState
 
@@ -41,3 +41,9 @@ def credits_ensure_month_all() -> int:
     for account in accounts.iterator(chunk_size=500):
         posted += services.credits_ensure_month(billing_account=account)
     return posted
+
+
+@shared_task(name="billing.tasks.in_flight_expire")
+def in_flight_expire() -> int:
+    """Beat, hourly: removes spending-limit reservations of requests that never finished."""
+    return limits.in_flight_expired_delete()

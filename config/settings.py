@@ -174,6 +174,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.credits_ensure_month_all",
         "schedule": env.float("BILLING_CREDITS_INTERVAL_S", default=3600.0),
     },
+    "billing-in-flight-expire": {
+        "task": "billing.tasks.in_flight_expire",
+        "schedule": 3600.0,
+    },
 }
 
 # Billing: a usage record with no cost this long after its request is `failed_to_bill`.
@@ -183,6 +187,16 @@ BILLING_POLL_INTERVAL_S = env.float("BILLING_POLL_INTERVAL_S", default=60.0)
 
 # Token last-used times are written at most this often per token (a write per request is waste).
 TOKEN_LAST_USED_RESOLUTION_S = env.int("TOKEN_LAST_USED_RESOLUTION_S", default=60)
+
+# Router (router/proxy.py).
+ROUTER_CACHE_TTL_S = env.float("ROUTER_CACHE_TTL_S", default=5.0)  # tokens, mappings, providers
+ROUTER_DB_POOL_MAX_SIZE = env.int("ROUTER_DB_POOL_MAX_SIZE", default=10)
+ROUTER_CONNECT_TIMEOUT_S = env.float("ROUTER_CONNECT_TIMEOUT_S", default=10.0)
+ROUTER_READ_TIMEOUT_S = env.float("ROUTER_READ_TIMEOUT_S", default=120.0)  # between bytes
+ROUTER_MAX_ATTEMPTS = env.int("ROUTER_MAX_ATTEMPTS", default=3)  # the first try + 2 fail-overs
+ROUTER_MAX_BODY_BYTES = env.int("ROUTER_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+# Completion tokens assumed by the pre-request estimate when the body sets no max_tokens.
+ROUTER_DEFAULT_MAX_TOKENS = env.int("ROUTER_DEFAULT_MAX_TOKENS", default=1024)
 
 LOGGING = {
     "version": 1,

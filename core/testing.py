@@ -220,3 +220,56 @@ def run_threads(count: int, target) -> list[BaseException]:
     for t in threads:
         t.join(timeout=120)
     return errors
+
+
+class WebServer:
+    """The real web process (uvicorn serving `config.asgi`: Django and the router) on the test
+    database, as `make run` starts it. Caches off, so each test sees its own data at once."""
+
+    def __init__(self, log: Path, **env: str):
+        self.log = log
+        self.env = {"ROUTER_CACHE_TTL_S": "0", "LOG_LEVEL": "INFO", **env}
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> "WebServer":
+        from simulator.testing import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 (our own server)
+                [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host",
+                 "127.0.0.1", "--port", str(port), "--no-access-log"],
+                cwd=REPO_ROOT, env=subprocess_env(**self.env), stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        import httpx
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the web server exited:\n{self.output()}")
+            try:
+                return httpx.get(f"{self.url}/api/health", timeout=2).status_code < 500
+            except httpx.TransportError:
+                return False
+
+        if not wait_for(up, timeout_s=60):
+            raise RuntimeError(f"the web server did not answer within 60 s:\n{self.output()}")
+        return self
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if sig is None:
+            self.proc.terminate()
+        else:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -145,6 +145,17 @@ class Mapping(models.Model):
         blank=True,
         related_name="+",
     )
+    # What the router knows of the provider model; null until price sync and endpoint
+    # validation fill them (or an admin does). Prices: nano-USD per 1M tokens.
+    input_price_nanousd_per_mtok = models.BigIntegerField(null=True, blank=True)
+    output_price_nanousd_per_mtok = models.BigIntegerField(null=True, blank=True)
+    context_length = models.PositiveIntegerField(null=True, blank=True)
+    supports_tools = models.BooleanField(null=True, blank=True)
+    supports_structured_output = models.BooleanField(null=True, blank=True)
+    first_token_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    throughput_tps = models.FloatField(
+        null=True, blank=True, help_text="Measured output tokens per second."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -3,3 +3,4 @@ from django.apps import AppConfig
 
 class RouterConfig(AppConfig):
     name = "router"
+    verbose_name = "Router"

@@ -1,0 +1,38 @@
+"""Router errors in OpenAI's shape, which its clients parse: `{"error": {"message", "type",
+"code"}}` (the openai SDK reads `error.message`; huggingface_hub prints the body; the JS client
+reads `error.message`). Never 503 for a permanent condition: the JS client retries 503
+forever."""
+
+from __future__ import annotations
+
+import json
+
+
+class RouterError(Exception):
+    def __init__(self, status: int, message: str, code: str, type_: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type_ or _TYPES.get(status, "api_error")
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        ).encode()
+
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    504: "upstream_timeout",
+}
+
+
+def bad_request(message: str, code: str = "invalid_request") -> RouterError:
+    return RouterError(400, message, code)

@@ -1,0 +1,549 @@
+"""The router: an OpenAI-compatible proxy in front of the providers, as a plain ASGI app.
+
+Routes (everything else goes to Django, see `config/asgi.py`):
+- `POST /v1/chat/completions`: `model` is `namespace/name` with an optional `:fastest`
+  (default), `:cheapest`, `:preferred` or `:<provider>` suffix (`router.selection`).
+- `POST /<provider>/<provider's route>`: the form huggingface_hub uses with a named provider;
+  the body's `model` is already the provider's model id.
+
+Per request: authenticate the `hf_` token (cached), pick the payer (`X-HF-Bill-To`), choose
+candidates, ask billing whether the payer may start (402 otherwise; organizations with a
+spending limit reserve the estimate), forward with the platform key or the user's own key
+(BYOK), fail over before the first byte on connection errors, timeouts and 5xx, then write the
+usage record durably (`store.UsageWriter`) before the response completes. Streams pass through
+chunk by chunk. Bodies, tokens and keys are never stored or logged.
+
+It is plain ASGI, not a Django view, because the hot path must stay cheap (see
+`bench/router_overhead.py`); aiohttp is the upstream client for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from django.conf import settings
+
+from accounts.models import TokenRole
+from accounts.permissions import INFERENCE_SERVERLESS_WRITE
+from billing import limits
+from billing.models import UsageState
+from billing.usage import BILL_TO_PLANS
+from router import selection
+from router.errors import RouterError, bad_request
+from router.store import Caller, ProviderInfo, Store, UsageRow
+
+logger = logging.getLogger("router")
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# First path segments that are never a provider (Django's URLs).
+RESERVED_SEGMENTS = frozenset({"", "api", "admin", "static", "v1", "favicon.ico"})
+CHAT_PATH = "/v1/chat/completions"
+JSON_TYPE = b"application/json"
+SSE_TYPE = "text/event-stream"
+TAIL_BYTES = 16_384  # enough of a stream's end to find the final chunk's `usage`
+
+
+def is_router_path(path: str) -> bool:
+    if path == CHAT_PATH:
+        return True
+    first, sep, rest = path[1:].partition("/")
+    return bool(sep and rest) and first not in RESERVED_SEGMENTS
+
+
+@dataclass
+class Attempt:
+    provider: ProviderInfo
+    candidate: selection.Candidate
+    url: str
+
+
+class Router:
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self._ready: asyncio.Lock | None = None
+
+    async def _ensure_ready(self) -> None:
+        if self.session is not None:
+            return
+        if self._ready is None:
+            self._ready = asyncio.Lock()
+        async with self._ready:
+            if self.session is not None:
+                return
+            store = Store()
+            await store.open()
+            self.store = store
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=settings.ROUTER_CONNECT_TIMEOUT_S,
+                    sock_read=settings.ROUTER_READ_TIMEOUT_S,
+                ),
+                auto_decompress=True,
+            )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self.store is not None:
+            await self.store.close()
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            await self._ensure_ready()
+            outcome = await self.handle(scope, receive, send)
+        except RouterError as exc:
+            outcome = f"{exc.status} {exc.code}"
+            await send_bytes(send, exc.status, exc.body(), [(b"content-type", JSON_TYPE)])
+        except Exception:
+            logger.exception("router: unexpected error on %s", scope.get("path"))
+            error = RouterError(502, "The router failed to handle this request.", "router_error")
+            await send_bytes(send, 502, error.body(), [(b"content-type", JSON_TYPE)])
+        finally:
+            if logger.isEnabledFor(logging.INFO):
+                # Never the body, the token or a key: the path, the outcome and the time.
+                logger.info(
+                    "%s %s -> %s in %.1f ms",
+                    scope.get("method"),
+                    scope.get("path"),
+                    outcome,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+    # --- the request ------------------------------------------------------------------------
+    async def handle(self, scope: Message, receive: Receive, send: Send) -> str:
+        if scope["method"] != "POST":
+            raise RouterError(405, "Use POST.", "method_not_allowed", "invalid_request_error")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        caller = await self.authenticate(headers.get("authorization", ""))
+        body = await read_body(receive, settings.ROUTER_MAX_BODY_BYTES)
+        payload = parse_payload(body)
+        org = self.bill_to(caller, headers.get("x-hf-bill-to", "").strip())
+        disabled = org.disabled if org is not None else frozenset()
+        path = scope["path"]
+        if path == CHAT_PATH:
+            hub_model_id, attempts, automatic = await self.resolve_model(
+                payload["model"], caller, disabled
+            )
+        else:
+            hub_model_id, attempts = await self.resolve_named(path, payload["model"], caller,
+                                                              disabled)  # fmt: skip
+            automatic = False
+        payer_id = await self.store.payer_id(
+            user_id=caller.user_id, org_id=org.id if org is not None else None
+        )
+        terms = (
+            limits.terms_for(payer_id=payer_id, org_name=org.name, org_plan=org.plan,
+                             org_seats=org.seats, org_limit_nanousd=org.limit_nanousd)
+            if org is not None
+            else limits.terms_for(payer_id=payer_id, user_name=caller.username,
+                                  user_plan=caller.plan)
+        )  # fmt: skip
+        request = RoutedRequest(
+            router=self, caller=caller, payload=payload, body_size=len(body), terms=terms,
+            hub_model_id=hub_model_id, receive=receive, send=send,
+        )  # fmt: skip
+        return await request.run(attempts, automatic=automatic)
+
+    async def authenticate(self, authorization: str) -> Caller:
+        scheme, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise RouterError(401, "Authorization: Bearer hf_... is required.", "missing_token")
+        caller = await self.store.caller(secret) if secret.startswith("hf_") else None
+        if caller is None or caller.revoked or not caller.user_active:
+            raise RouterError(401, "Invalid username or password.", "invalid_token")
+        allowed = caller.token_role == TokenRole.WRITE or (
+            caller.token_role == TokenRole.FINE_GRAINED
+            and INFERENCE_SERVERLESS_WRITE in caller.token_permissions
+        )
+        if not allowed:
+            raise RouterError(
+                403,
+                f"This {caller.token_role} access token does not have the "
+                f"'{INFERENCE_SERVERLESS_WRITE}' permission needed to call inference providers.",
+                "insufficient_permissions",
+            )
+        return caller
+
+    def bill_to(self, caller: Caller, name: str):
+        if not name:
+            return None
+        org = caller.orgs.get(name.lower())
+        if org is None:
+            raise RouterError(
+                403,
+                f"You are not a member of the organization {name!r}; you cannot bill requests "
+                "to it.",
+                "bill_to_not_member",
+            )
+        if org.plan not in BILL_TO_PLANS:
+            raise RouterError(
+                403,
+                f"The organization {org.name!r} is on the {org.plan!r} plan; billing requests "
+                "to an organization needs a team or enterprise plan.",
+                "bill_to_plan",
+            )
+        return org
+
+    async def resolve_model(self, model: str, caller: Caller, disabled: frozenset[str]):
+        model_id, suffix = selection.split_model(model)
+        hub_model = await self.store.hub_model(model_id)
+        if hub_model is None:
+            raise RouterError(404, f"Model {model_id} does not exist", "model_not_found")
+        providers = await self.store.provider_table()
+        visible = selection.best_per_provider(hub_model.candidates, member_of=caller.org_ids)
+        if suffix not in selection.POLICIES and suffix not in providers:
+            raise bad_request(
+                f"Unknown provider or policy {suffix!r} in model: use :fastest, :cheapest, "
+                ":preferred or a provider name.",
+                "invalid_model_suffix",
+            )
+        ordered = selection.order(
+            visible, suffix=suffix, model_id=model_id,
+            provider_order=caller.provider_order, disabled=disabled,
+        )  # fmt: skip
+        attempts = []
+        for candidate in ordered:
+            provider = providers[candidate.slug]
+            route = provider.chat_route.replace("{providerModel}", candidate.provider_model)
+            attempts.append(Attempt(provider, candidate, join_url(provider.base_url, route)))
+        automatic = suffix in selection.POLICIES
+        limit = settings.ROUTER_MAX_ATTEMPTS if automatic else 1
+        return hub_model.model_id, attempts[:limit], automatic
+
+    async def resolve_named(self, path: str, model: str, caller: Caller, disabled):
+        slug, _, route = path[1:].partition("/")
+        provider = (await self.store.provider_table()).get(slug)
+        if provider is None:
+            raise RouterError(404, f"Unknown provider {slug!r}.", "provider_not_found")
+        if not route.endswith("chat/completions"):
+            raise RouterError(
+                404, f"Only chat completions are routed; /{route} is not.", "route_not_supported"
+            )
+        if not provider.active:
+            raise RouterError(403, f"The provider {slug!r} is suspended.", "provider_suspended")
+        if slug in disabled:
+            raise RouterError(
+                403,
+                f"The provider {slug!r} is disabled by the organization you bill to.",
+                "provider_disabled",
+            )
+        hub_model_id, candidates = await self.store.provider_model(provider, model)
+        visible = selection.best_per_provider(candidates, member_of=caller.org_ids)
+        if not visible:
+            raise RouterError(
+                404,
+                f"The model {model!r} is not served by provider {slug!r} for chat completions.",
+                "model_not_supported",
+            )
+        return hub_model_id, [Attempt(provider, visible[0], join_url(provider.base_url, route))]
+
+
+class RoutedRequest:
+    def __init__(self, *, router: Router, caller: Caller, payload: dict, body_size: int,
+                 terms: limits.PayerTerms, hub_model_id: str, receive: Receive,
+                 send: Send):  # fmt: skip
+        self.router = router
+        self.store = router.store
+        self.caller = caller
+        self.payload = payload
+        self.body_size = body_size
+        self.terms = terms
+        self.hub_model_id = hub_model_id
+        self.receive = receive
+        self.send = send
+        self.stream = payload.get("stream") is True
+        self.reservation_id: int | None = None
+        self.reserved = False
+        self.released = False
+        self.last_failure_status = 502
+
+    def prompt_estimate(self) -> int:
+        return max(self.body_size // 4, 1)
+
+    def completion_estimate(self) -> int:
+        limit = self.payload.get("max_completion_tokens") or self.payload.get("max_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            return limit
+        return settings.ROUTER_DEFAULT_MAX_TOKENS
+
+    async def ensure_allowed(self, attempt: Attempt) -> None:
+        """The billing check, once, before the first attempt charged to the platform."""
+        if self.reserved:
+            return
+        estimate = selection.estimate_nanousd(
+            attempt.candidate,
+            prompt_tokens=self.prompt_estimate(),
+            completion_tokens=self.completion_estimate(),
+        )
+        decision, self.reservation_id = await self.store.reserve(self.terms, estimate)
+        if not decision.allowed:
+            raise RouterError(402, decision.reason, decision.code)
+        self.reserved = True
+
+    async def run(self, attempts: list[Attempt], *, automatic: bool) -> str:
+        failures: list[str] = []
+        last_status = 502
+        try:
+            for index, attempt in enumerate(attempts):
+                byok_key = self.caller.keys.get(attempt.provider.id)
+                if byok_key is None:
+                    await self.ensure_allowed(attempt)
+                can_fail_over = automatic and index + 1 < len(attempts)
+                outcome = await self.forward(attempt, byok_key, can_fail_over=can_fail_over)
+                if outcome is not None:
+                    return outcome
+                failures.append(attempt.provider.slug)
+                last_status = self.last_failure_status
+        finally:
+            if self.reservation_id is not None and not self.released:
+                await self.store.release(self.reservation_id)
+        raise RouterError(
+            last_status,
+            f"Every provider tried failed before answering ({', '.join(failures)}).",
+            "upstream_timeout" if last_status == 504 else "upstream_unavailable",
+        )
+
+    async def forward(self, attempt: Attempt, byok_key: str | None, *, can_fail_over: bool):
+        """Sends one attempt. Returns the outcome once a response reached the client, or None
+        after a failure before any byte was sent, when failing over is allowed."""
+        provider, candidate = attempt.provider, attempt.candidate
+        body = json.dumps({**self.payload, "model": candidate.provider_model}).encode()
+        headers = {
+            "Authorization": f"Bearer {byok_key or provider.api_key}",
+            "Content-Type": "application/json",
+            "Accept": SSE_TYPE if self.stream else "application/json",
+        }
+        created_at = datetime.now(UTC)
+        try:
+            response = await self.router.session.post(attempt.url, data=body, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            timeout = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+            logger.warning("router: %s unreachable (%s)", provider.slug, type(exc).__name__)
+            await self.record(attempt, None, None, None, created_at, byok_key is not None)
+            if can_fail_over:
+                self.last_failure_status = 504 if timeout else 502
+                return None
+            raise RouterError(
+                504 if timeout else 502,
+                f"The provider {provider.slug!r} "
+                + ("did not answer in time." if timeout else "could not be reached."),
+                "upstream_timeout" if timeout else "upstream_unavailable",
+            ) from exc
+        request_id = response.headers.get(provider.request_id_header)
+        try:
+            if response.status >= 500 and can_fail_over:
+                await response.read()
+                await self.record(attempt, request_id, response.status, None, created_at,
+                                  byok_key is not None)  # fmt: skip
+                self.last_failure_status = 502
+                return None
+            is_sse = response.content_type == SSE_TYPE
+            if self.stream and is_sse and response.status < 300:
+                return await self.relay_stream(attempt, response, request_id, created_at,
+                                               byok_key is not None)  # fmt: skip
+            return await self.relay_whole(attempt, response, request_id, created_at,
+                                          byok_key is not None)  # fmt: skip
+        finally:
+            response.release()
+
+    def response_headers(self, attempt: Attempt, request_id: str | None, content_type: str):
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"x-inference-provider", attempt.provider.slug.encode()),
+        ]
+        if request_id is not None:
+            headers.append(
+                (attempt.provider.request_id_header.lower().encode("latin-1"),
+                 request_id.encode("latin-1"))
+            )  # fmt: skip
+        return headers
+
+    async def relay_whole(self, attempt, response, request_id, created_at, byok) -> str:
+        data = await response.read()
+        usage = usage_of_body(data) if response.status < 300 else None
+        await self.record(attempt, request_id, response.status, usage, created_at, byok,
+                          final=True)  # fmt: skip
+        content_type = response.headers.get("Content-Type", "application/json")
+        await send_bytes(self.send, response.status, data,
+                         self.response_headers(attempt, request_id, content_type))  # fmt: skip
+        return f"{response.status} via {attempt.provider.slug}"
+
+    async def relay_stream(self, attempt, response, request_id, created_at, byok) -> str:
+        headers = self.response_headers(attempt, request_id, SSE_TYPE)
+        headers.append((b"cache-control", b"no-cache"))
+        await self.send({"type": "http.response.start", "status": response.status,
+                         "headers": headers})  # fmt: skip
+        disconnected = asyncio.ensure_future(wait_disconnect(self.receive))
+        tail = b""
+        outcome = f"{response.status} stream via {attempt.provider.slug}"
+        try:
+            while True:
+                read = asyncio.ensure_future(response.content.readany())
+                done, _ = await asyncio.wait(
+                    {read, disconnected}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if read not in done:
+                    read.cancel()
+                    response.close()  # the client left: stop the provider's generation
+                    outcome += " (client disconnected)"
+                    break
+                chunk = read.result()
+                if not chunk:
+                    break
+                tail = (tail + chunk)[-TAIL_BYTES:]
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError):
+            outcome += " (provider stream broken)"
+        finally:
+            await self.record(attempt, request_id, response.status, usage_of_stream(tail),
+                              created_at, byok, final=True)  # fmt: skip
+        if not disconnected.done():
+            disconnected.cancel()
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        return outcome
+
+    async def record(
+        self, attempt, request_id, status, usage, created_at, byok, *, final: bool = False
+    ) -> None:
+        """Writes the usage record of one attempt; the one that ends the request (`final`)
+        also releases the spending-limit reservation, in the same transaction."""
+        candidate = attempt.candidate
+        prompt, completion = usage or (None, None)
+        if byok:
+            state = UsageState.BYOK
+        elif not request_id or status is None or not 200 <= status < 400:
+            state = UsageState.NOT_BILLABLE
+        else:
+            state = UsageState.PENDING
+        if usage:
+            estimate = selection.estimate_nanousd(
+                candidate, prompt_tokens=prompt or 0, completion_tokens=completion or 0
+            )
+        else:
+            estimate = selection.estimate_nanousd(
+                candidate,
+                prompt_tokens=self.prompt_estimate(),
+                completion_tokens=self.completion_estimate(),
+            )
+        row = UsageRow(
+            provider_id=attempt.provider.id,
+            request_id=request_id or f"no-request-id:{time.time_ns():x}{id(self):x}",
+            user_id=self.caller.user_id,
+            payer_id=self.terms.payer_id,
+            hub_model_id=self.hub_model_id,
+            provider_model=candidate.provider_model,
+            http_status=status,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            estimated_cost_nanousd=estimate if state == UsageState.PENDING else 0,
+            state=state,
+            created_at=created_at,
+        )
+        reservation = self.reservation_id if final and not self.released else None
+        await self.store.writer.write(row, reservation_id=reservation,
+                                      token_id=self.caller.token_id)  # fmt: skip
+        if reservation is not None:
+            self.released = True
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def join_url(base: str, route: str) -> str:
+    return base.rstrip("/") + "/" + route.lstrip("/")
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RouterError(400, "The client disconnected.", "client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RouterError(413, f"The body is larger than {limit} bytes.", "body_too_large",
+                              "invalid_request_error")  # fmt: skip
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def parse_payload(body: bytes) -> dict:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise bad_request("The body is not valid JSON.", "invalid_json") from exc
+    if not isinstance(payload, dict):
+        raise bad_request("The body must be a JSON object.", "invalid_body")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("`model` is required: a string such as 'namespace/name'.",
+                          "invalid_model")  # fmt: skip
+    if not isinstance(payload.get("messages"), list) or not payload["messages"]:
+        raise bad_request("`messages` is required: a non-empty list.", "invalid_messages")
+    if "stream" in payload and not isinstance(payload["stream"], bool):
+        raise bad_request("`stream` must be true or false.", "invalid_stream")
+    return payload
+
+
+def _usage_pair(usage) -> tuple[int | None, int | None] | None:
+    if not isinstance(usage, dict):
+        return None
+
+    def count(name):
+        value = usage.get(name)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return value if ok else None
+
+    pair = (count("prompt_tokens"), count("completion_tokens"))
+    return pair if pair != (None, None) else None
+
+
+def usage_of_body(data: bytes):
+    try:
+        return _usage_pair(json.loads(data).get("usage"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def usage_of_stream(tail: bytes):
+    """`usage` of the last SSE data message that has one (OpenAI sends it in the final
+    chunk)."""
+    for line in reversed(tail.split(b"\n")):
+        line = line.strip()
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            continue
+        try:
+            pair = _usage_pair(json.loads(line[5:]).get("usage"))
+        except (ValueError, AttributeError):
+            continue
+        if pair:
+            return pair
+    return None
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: list) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
