@@ -64,6 +64,10 @@ unasked_ids (int)         append that many entries for IDs nobody asked for
 requests_null (bool)      answer `{"requests": null}`
 garbage_body (bool)       answer 200 with a body that is not JSON (still labelled JSON)
 huge_body_mb (int)        pad the cost answer with a `padding` field to this many MiB
+fixed_cost_nanousd (int)  the cost endpoint answers this cost for every known ID (no other
+                          cost switch applies)
+break_stream_after (int)  a stream stops after this many messages without [DONE], and the
+                          connection is dropped (a provider crashing mid-answer)
 omit_request_id_header    chat answers lack the request-ID header
 request_id_header (str)   the request-ID header name (default Inference-Id)
 api_key (str)             the expected bearer key (default sim-<slug>-key)
@@ -134,6 +138,7 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     stream: AsyncIterator[bytes] | None = None
     content_length: int | None = None
+    stats: Any = None  # a stream's provider counters (completed / abandoned)
 
 
 def json_response(status: int, value: Any) -> Response:
@@ -234,7 +239,7 @@ class SimulatorApp:
             )
         except ClientGone:
             return
-        await send_response(send, response)
+        await send_response(send, response, receive)
 
     async def dispatch(self, request: Request) -> Response:
         path = request.path
@@ -305,7 +310,8 @@ class SimulatorApp:
         chunks = stream_chunks(completion, response_id=response_id, created=created, model=model)
         response.content_type = "text/event-stream"
         response.headers.append(("Cache-Control", "no-cache"))
-        response.stream = _sse(chunks, faults.chunk_delay_ms / 1000)
+        response.stream = _sse(chunks, faults.chunk_delay_ms / 1000, faults.break_stream_after)
+        response.stats = state.stats
         return response
 
     async def models(self, slug: str, request: Request) -> Response:
@@ -461,9 +467,17 @@ def method_not_allowed(methods: tuple[str, ...]) -> Response:
     return response
 
 
-async def _sse(chunks: list[dict[str, Any]], delay_s: float) -> AsyncIterator[bytes]:
+class StreamBroken(Exception):
+    """Raised inside a stream by `break_stream_after`: the server drops the connection."""
+
+
+async def _sse(
+    chunks: list[dict[str, Any]], delay_s: float, break_after: int = 0
+) -> AsyncIterator[bytes]:
     """The SSE messages of a stream: one per chunk, then `[DONE]`."""
     for index, chunk in enumerate(chunks):
+        if break_after and index >= break_after:
+            raise StreamBroken
         if index and delay_s:
             await asyncio.sleep(delay_s)
         yield b"data: " + dumps(chunk) + b"\n\n"
@@ -490,7 +504,7 @@ def _padded(entries: list[dict[str, Any]], target_bytes: int) -> Response:
     return Response(200, stream=parts(), content_length=len(head) + pad + len(tail))
 
 
-async def send_response(send: Send, response: Response) -> None:
+async def send_response(send: Send, response: Response, receive: Receive | None = None) -> None:
     headers = [(b"content-type", response.content_type.encode())]
     length = len(response.body) if response.stream is None else response.content_length
     if length is not None:
@@ -502,9 +516,26 @@ async def send_response(send: Send, response: Response) -> None:
     if response.stream is None:
         await send({"type": "http.response.body", "body": response.body})
         return
-    async for part in response.stream:
-        await send({"type": "http.response.body", "body": part, "more_body": True})
+    stats = response.stats
+    gone = asyncio.ensure_future(_disconnected(receive)) if receive else None
+    try:
+        async for part in response.stream:
+            if gone is not None and gone.done():
+                if stats is not None:
+                    stats.streams_abandoned += 1
+                return
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+    finally:
+        if gone is not None:
+            gone.cancel()
     await send({"type": "http.response.body", "body": b""})
+    if stats is not None:
+        stats.streams_completed += 1
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app() -> SimulatorApp:

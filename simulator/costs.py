@@ -77,6 +77,8 @@ def cost_entries(slug: str, request_ids: Iterable[str], faults: Faults) -> list[
     """
     prefix = id_prefix(slug)
     mine = [rid for rid in request_ids if rid.startswith(prefix)]
+    if faults.fixed_cost_nanousd:
+        return [{"requestId": rid, "costNanoUsd": faults.fixed_cost_nanousd} for rid in mine]
     active = [(name, getattr(faults, name)) for name in COST_CORRUPTIONS if getattr(faults, name)]
     if not active:
         entries = [{"requestId": rid, "costNanoUsd": cost_nanousd(rid)} for rid in mine]

@@ -34,6 +34,8 @@ INT_SWITCHES: dict[str, tuple[int, int]] = {  # name: (min, max), inclusive
     "error_status": (400, 599),
     "unasked_ids": (0, 100_000),
     "huge_body_mb": (0, 512),
+    "fixed_cost_nanousd": (0, 10**15),
+    "break_stream_after": (0, 100_000),
 }
 DEFAULT_REQUEST_ID_HEADER = "Inference-Id"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
@@ -68,6 +70,8 @@ class Faults:
     requests_null: bool = False
     garbage_body: bool = False
     huge_body_mb: int = 0
+    fixed_cost_nanousd: int = 0
+    break_stream_after: int = 0
     omit_request_id_header: bool = False
     request_id_header: str = DEFAULT_REQUEST_ID_HEADER
     api_key: str | None = None

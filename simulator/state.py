@@ -54,6 +54,8 @@ class Stats:
 
     chat_requests: int = 0
     chat_streams: int = 0
+    streams_completed: int = 0  # every message, then [DONE], sent
+    streams_abandoned: int = 0  # the client went away before the end
     models_requests: int = 0
     cost_requests: int = 0
     ids_asked: int = 0
