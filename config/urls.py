@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.api import HealthView
 from core.errors import api_not_found
+from router import views as router_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,6 +14,8 @@ urlpatterns = [
     path("api/", include("accounts.urls")),
     path("api/", include("registry.urls")),
     path("api/billing/", include("billing.urls")),
+    path("v1/models", router_views.model_list, name="router-models"),
+    path("v1/models/<path:model_id>", router_views.model_detail, name="router-model"),
     # Last: any other API path is a JSON 404, in DEBUG too (Django's debug page is HTML).
     re_path(r"^(?:api|v1)/", api_not_found),
 ]

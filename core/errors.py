@@ -147,6 +147,10 @@ def handler403(request, exception=None):
 
 
 def api_not_found(request, *args, **kwargs):
+    if request.path.startswith("/v1/"):  # the router's clients expect OpenAI's error shape
+        body = {"error": {"message": f"No endpoint at {request.path}.",
+                          "type": "not_found_error", "code": "not_found"}}  # fmt: skip
+        return JsonResponse(body, status=404)
     return json_error(404, f"No API endpoint at {request.path}.", "not_found")
 
 

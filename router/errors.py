@@ -16,10 +16,11 @@ class RouterError(Exception):
         self.code = code
         self.type = type_ or _TYPES.get(status, "api_error")
 
+    def as_dict(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
     def body(self) -> bytes:
-        return json.dumps(
-            {"error": {"message": self.message, "type": self.type, "code": self.code}}
-        ).encode()
+        return json.dumps(self.as_dict()).encode()
 
 
 _TYPES = {
