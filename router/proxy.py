@@ -347,13 +347,26 @@ class RoutedRequest:
                 "upstream_timeout" if timeout else "upstream_unavailable",
             ) from exc
         request_id = response.headers.get(provider.request_id_header)
+        # The platform's own key refused: the provider's problem, not the caller's (who would
+        # otherwise read a 401 about a token that is fine). A refused BYOK key passes through.
+        platform_refused = byok_key is None and response.status in (401, 403)
         try:
-            if response.status >= 500 and can_fail_over:
+            if (response.status >= 500 or platform_refused) and can_fail_over:
                 await response.read()
                 await self.record(attempt, request_id, response.status, None, created_at,
                                   byok_key is not None)  # fmt: skip
                 self.last_failure_status = 502
                 return None
+            if platform_refused:
+                await response.read()
+                await self.record(attempt, request_id, response.status, None, created_at,
+                                  False, final=True)  # fmt: skip
+                logger.error("router: %s refused the platform's API key", provider.slug)
+                raise RouterError(
+                    502,
+                    f"The provider {provider.slug!r} refused the platform's credentials.",
+                    "upstream_auth_failed",
+                )
             is_sse = response.content_type == SSE_TYPE
             if self.stream and is_sse and response.status < 300:
                 return await self.relay_stream(attempt, response, request_id, created_at,
