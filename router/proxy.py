@@ -52,6 +52,7 @@ CHAT_PATH = "/v1/chat/completions"
 JSON_TYPE = b"application/json"
 SSE_TYPE = "text/event-stream"
 TAIL_BYTES = 16_384  # enough of a stream's end to find the final chunk's `usage`
+DONE_MARKER = b"data: [DONE]"
 
 
 def is_router_path(path: str) -> bool:
@@ -399,13 +400,25 @@ class RoutedRequest:
         return f"{response.status} via {attempt.provider.slug}"
 
     async def relay_stream(self, attempt, response, request_id, created_at, byok) -> str:
+        """Passes the stream through chunk by chunk. The chunk that completes `data: [DONE]`
+        (where clients stop reading) is held until the usage record is committed, so a client
+        never has a complete answer whose record could still be lost."""
         headers = self.response_headers(attempt, request_id, SSE_TYPE)
         headers.append((b"cache-control", b"no-cache"))
         await self.send({"type": "http.response.start", "status": response.status,
                          "headers": headers})  # fmt: skip
         disconnected = asyncio.ensure_future(wait_disconnect(self.receive))
         tail = b""
+        recorded = client_gone = False
         outcome = f"{response.status} stream via {attempt.provider.slug}"
+
+        async def record_once() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                await self.record(attempt, request_id, response.status, usage_of_stream(tail),
+                                  created_at, byok, final=True)  # fmt: skip
+
         try:
             while True:
                 read = asyncio.ensure_future(response.content.readany())
@@ -415,20 +428,26 @@ class RoutedRequest:
                 if read not in done:
                     read.cancel()
                     response.close()  # the client left: stop the provider's generation
+                    client_gone = True
                     outcome += " (client disconnected)"
                     break
                 chunk = read.result()
                 if not chunk:
                     break
+                ends = DONE_MARKER in tail[-len(DONE_MARKER) :] + chunk
                 tail = (tail + chunk)[-TAIL_BYTES:]
+                if ends:
+                    await record_once()
                 await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (aiohttp.ClientError, TimeoutError):
             outcome += " (provider stream broken)"
         finally:
-            await self.record(attempt, request_id, response.status, usage_of_stream(tail),
-                              created_at, byok, final=True)  # fmt: skip
-        if not disconnected.done():
-            disconnected.cancel()
+            try:
+                await record_once()
+            finally:
+                if not disconnected.done():
+                    disconnected.cancel()
+        if not client_gone:
             await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         return outcome
 
