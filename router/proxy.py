@@ -53,6 +53,8 @@ JSON_TYPE = b"application/json"
 SSE_TYPE = "text/event-stream"
 TAIL_BYTES = 16_384  # enough of a stream's end to find the final chunk's `usage`
 DONE_MARKER = b"data: [DONE]"
+MAX_TOKENS = 10_000_000  # far above any model's context; bounds the cost estimate
+TOKENS_COLUMN_MAX = 2**31 - 1  # usage counts beyond this are not believable
 
 
 def is_router_path(path: str) -> bool:
@@ -105,14 +107,25 @@ class Router:
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         outcome = "error"
+        response_started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
         try:
             await self._ensure_ready()
-            outcome = await self.handle(scope, receive, send)
+            outcome = await self.handle(scope, receive, tracked_send)
         except RouterError as exc:
             outcome = f"{exc.status} {exc.code}"
+            if response_started:
+                raise
             await send_bytes(send, exc.status, exc.body(), [(b"content-type", JSON_TYPE)])
         except Exception:
             logger.exception("router: unexpected error on %s", scope.get("path"))
+            if response_started:
+                raise  # the server closes the connection: the client sees a cut response
             error = RouterError(502, "The router failed to handle this request.", "router_error")
             await send_bytes(send, 502, error.body(), [(b"content-type", JSON_TYPE)])
         finally:
@@ -519,7 +532,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
 def parse_payload(body: bytes) -> dict:
     try:
         payload = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise bad_request("The body is not valid JSON.", "invalid_json") from exc
     if not isinstance(payload, dict):
         raise bad_request("The body must be a JSON object.", "invalid_body")
@@ -531,6 +544,14 @@ def parse_payload(body: bytes) -> dict:
         raise bad_request("`messages` is required: a non-empty list.", "invalid_messages")
     if "stream" in payload and not isinstance(payload["stream"], bool):
         raise bad_request("`stream` must be true or false.", "invalid_stream")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+            raise bad_request(
+                f"`{name}` must be a whole number from 1 to {MAX_TOKENS:,}.", f"invalid_{name}"
+            )
     return payload
 
 
@@ -540,8 +561,8 @@ def _usage_pair(usage) -> tuple[int | None, int | None] | None:
 
     def count(name):
         value = usage.get(name)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        return value if ok else None
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value if ok and 0 <= value <= TOKENS_COLUMN_MAX else None
 
     pair = (count("prompt_tokens"), count("completion_tokens"))
     return pair if pair != (None, None) else None

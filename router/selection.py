@@ -21,6 +21,7 @@ from router.errors import RouterError
 
 POLICIES = ("fastest", "cheapest", "preferred")
 CHAT_TASK = "conversational"
+ESTIMATE_MAX = 10**15  # nano-USD: $1,000,000
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ def order(
 
 
 def estimate_nanousd(candidate: Candidate, *, prompt_tokens: int, completion_tokens: int) -> int:
-    """Cost from the provider's published prices, rounded up; 0 when prices are unknown."""
+    """Cost from the provider's published prices, rounded up; 0 when prices are unknown.
+    At most ESTIMATE_MAX (a column's range; far above any real request)."""
     total = (candidate.input_price or 0) * prompt_tokens + (
         candidate.output_price or 0
     ) * completion_tokens
-    return -(-total // 1_000_000)
+    return min(-(-total // 1_000_000), ESTIMATE_MAX)

@@ -381,17 +381,32 @@ class UsageWriter:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        """Commits a batch. If it fails, each record is retried in a transaction of its own,
+        so one record the database refuses cannot lose the others."""
+        error = await self._try_commit(batch, retries=1 if len(batch) > 1 else self.RETRIES)
+        if error is not None and len(batch) > 1:
+            for pending in batch:
+                await self._commit([pending])
+            return
+        for pending in batch:
+            if error is None:
+                pending.done.set_result(None)
+            else:
+                logger.error("router: usage record not written: %s", type(error).__name__)
+                pending.done.set_exception(error)
+
+    async def _try_commit(self, batch: list[_Pending], *, retries: int) -> BaseException | None:
         now = datetime.now(UTC)
         touch_every = settings.TOKEN_LAST_USED_RESOLUTION_S
         mono = time.monotonic()
-        tokens = [
+        tokens = sorted({
             p.token_id
             for p in batch
             if p.token_id is not None and self._touched.get(p.token_id, -1e9) < mono - touch_every
-        ]
+        })  # fmt: skip
         reservations = [p.reservation_id for p in batch if p.reservation_id is not None]
         error: BaseException | None = None
-        for attempt in range(self.RETRIES):
+        for attempt in range(retries):
             try:
                 async with self.store.pool.connection() as conn, conn.transaction():
                     async with conn.cursor() as cursor:
@@ -400,16 +415,13 @@ class UsageWriter:
                         await conn.execute(limits.RELEASE_SQL, (reservations,))
                     if tokens:
                         stale = datetime.fromtimestamp(now.timestamp() - touch_every, UTC)
-                        await conn.execute(_TOUCH_TOKENS_SQL, (now, sorted(set(tokens)), stale))
-                error = None
-                break
+                        await conn.execute(_TOUCH_TOKENS_SQL, (now, tokens, stale))
             except Exception as exc:  # the database may be restarting: retry, then report
                 error = exc
-                await asyncio.sleep(0.05 * 2**attempt)
-        for token_id in tokens:
-            self._touched[token_id] = mono
-        for p in batch:
-            if error is None:
-                p.done.set_result(None)
-            else:
-                p.done.set_exception(error)
+                if attempt + 1 < retries:
+                    await asyncio.sleep(0.05 * 2**attempt)
+                continue
+            for token_id in tokens:
+                self._touched[token_id] = mono
+            return None
+        return error
