@@ -459,9 +459,12 @@ def cmd_run(_args: argparse.Namespace) -> int:
                     f"  OpenAPI      {base}/api/schema\n"
                     f"  Admin        {base}/admin/\n"
                     f"  Health       {base}/api/health\n"
+                    f"  Router       {base}/v1  (OpenAI base URL; models: {base}/v1/models)\n"
                     f"  Simulator    http://127.0.0.1:{sim_port}/<provider>  (demo providers)\n"
                     f"{demo}"
                     f"  Try: curl -H 'Authorization: Bearer <demo token>' {base}/api/whoami-v2\n"
+                    f"  Chat: OpenAI(base_url='{base}/v1', api_key=<demo token>), model\n"
+                    "        'meta-llama/Llama-3.1-8B-Instruct' (docs/router.md)\n"
                     "  Ctrl-C stops everything.\n"
                     "==============================================================\n",
                     flush=True,
