@@ -427,6 +427,17 @@ def ledger_adjust(
 
 
 # --- usage ------------------------------------------------------------------------------------
+def usage_state(*, byok: bool, request_id: str | None, http_status: int | None) -> str:
+    """The state a routed request's record starts in: `byok` (the user's own key, never
+    charged), `not_billable` (no request ID, or an error status: kept for provider health) or
+    `pending` (to be charged once the provider reports its cost)."""
+    if byok:
+        return UsageState.BYOK
+    if not request_id or http_status is None or not 200 <= http_status < 400:
+        return UsageState.NOT_BILLABLE
+    return UsageState.PENDING
+
+
 def usage_record_create(
     *,
     provider: Provider,
@@ -448,12 +459,7 @@ def usage_record_create(
     A request without a request ID, or answered with an error status, is kept for provider
     health as `not_billable`; one made with the user's own provider key is `byok`.
     """
-    if byok:
-        state = UsageState.BYOK
-    elif not request_id or http_status is None or not 200 <= http_status < 400:
-        state = UsageState.NOT_BILLABLE
-    else:
-        state = UsageState.PENDING
+    state = usage_state(byok=byok, request_id=request_id, http_status=http_status)
     if not request_id:
         # Still recorded, under a key of our own that no provider answer can match.
         request_id = f"no-request-id:{object_id()}"

@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts import selectors as accounts_selectors
 from accounts.models import Membership, Organization, OrgPlan, User
 from billing import services
-from billing.models import BillingAccount, UsageState
+from billing.models import BillingAccount
 from core.errors import ApiError
 from core.ids import object_id
 from registry.models import Provider
@@ -57,12 +57,11 @@ class IngestResult:
 
 
 def _state(record: dict) -> str:
-    if record.get("byok"):
-        return UsageState.BYOK
-    status = record.get("httpStatus")
-    if not record.get("requestId") or status is None or not 200 <= status < 400:
-        return UsageState.NOT_BILLABLE
-    return UsageState.PENDING
+    return services.usage_state(
+        byok=bool(record.get("byok")),
+        request_id=record.get("requestId"),
+        http_status=record.get("httpStatus"),
+    )
 
 
 def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None) -> IngestResult:

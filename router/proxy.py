@@ -34,6 +34,7 @@ from django.conf import settings
 from accounts.models import TokenRole
 from accounts.permissions import INFERENCE_SERVERLESS_WRITE
 from billing import limits
+from billing import services as billing_services
 from billing.models import UsageState
 from billing.usage import BILL_TO_PLANS
 from router import selection
@@ -471,12 +472,7 @@ class RoutedRequest:
         also releases the spending-limit reservation, in the same transaction."""
         candidate = attempt.candidate
         prompt, completion = usage or (None, None)
-        if byok:
-            state = UsageState.BYOK
-        elif not request_id or status is None or not 200 <= status < 400:
-            state = UsageState.NOT_BILLABLE
-        else:
-            state = UsageState.PENDING
+        state = billing_services.usage_state(byok=byok, request_id=request_id, http_status=status)
         if usage:
             estimate = selection.estimate_nanousd(
                 candidate, prompt_tokens=prompt or 0, completion_tokens=completion or 0
