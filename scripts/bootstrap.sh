@@ -37,3 +37,15 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+
+# The JavaScript client the router tests drive (@huggingface/inference, exact pin in
+# tests/js/package.json), when Node.js is present. No lock file: it would record registry URLs.
+if command -v npm >/dev/null 2>&1; then
+    js_stamp="tests/js/node_modules/.installed-$(sha256sum tests/js/package.json | cut -c1-16)"
+    if [ ! -f "$js_stamp" ]; then
+        echo "bootstrap: installing the JavaScript test client into tests/js/node_modules" >&2
+        npm install --prefix tests/js --no-package-lock --no-audit --no-fund --silent
+        rm -f tests/js/node_modules/.installed-*
+        touch "$js_stamp"
+    fi
+fi
