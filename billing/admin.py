@@ -473,5 +473,5 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 class ProviderBillingHealthAdmin(ReadOnlyAdmin):
     list_display = ("provider", "last_poll_at", "last_success_at", "last_error_at",
                     "consecutive_failures", "invalid_costs_total", "unknown_ids_total",
-                    "last_error")  # fmt: skip
+                    "missing_request_ids_total", "last_error")  # fmt: skip
     list_select_related = ("provider",)

@@ -301,6 +301,9 @@ class ProviderBillingHealth(models.Model):
     consecutive_failures = models.PositiveIntegerField(default=0)
     invalid_costs_total = models.PositiveBigIntegerField(default=0)
     unknown_ids_total = models.PositiveBigIntegerField(default=0)
+    # Successful answers the router got without the provider's request-ID header: served,
+    # but impossible to bill (recorded `not_billable`).
+    missing_request_ids_total = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"billing health of provider {self.provider_id}"

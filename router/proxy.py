@@ -496,6 +496,7 @@ class RoutedRequest:
             estimated_cost_nanousd=estimate if state == UsageState.PENDING else 0,
             state=state,
             created_at=created_at,
+            missing_request_id=not request_id and status is not None and 200 <= status < 300,
         )
         reservation = self.reservation_id if final and not self.released else None
         await self.store.writer.write(row, reservation_id=reservation,

@@ -179,6 +179,14 @@ INSERT INTO billing_usagerecord (
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, NULL, %s, NULL, 0, '')
 ON CONFLICT (provider_id, request_id) DO NOTHING
 """
+_MISSING_IDS_SQL = """
+INSERT INTO billing_providerbillinghealth (provider_id, last_error, consecutive_failures,
+    invalid_costs_total, unknown_ids_total, missing_request_ids_total)
+SELECT provider_id, '', 0, 0, 0, count(*) FROM unnest(%s::bigint[]) AS t(provider_id)
+GROUP BY provider_id
+ON CONFLICT (provider_id) DO UPDATE SET missing_request_ids_total =
+    billing_providerbillinghealth.missing_request_ids_total + EXCLUDED.missing_request_ids_total
+"""
 _TOUCH_TOKENS_SQL = """
 UPDATE accounts_accesstoken SET last_used_at = %s
 WHERE id = ANY(%s) AND (last_used_at IS NULL OR last_used_at < %s)
@@ -204,6 +212,7 @@ class UsageRow:
     state: str
     created_at: datetime
     task: str = CHAT_TASK
+    missing_request_id: bool = False  # a success without the provider's request-ID header
 
     def params(self) -> tuple:
         return (self.provider_id, self.request_id[:255], self.user_id, self.payer_id,
@@ -405,6 +414,7 @@ class UsageWriter:
             if p.token_id is not None and self._touched.get(p.token_id, -1e9) < mono - touch_every
         })  # fmt: skip
         reservations = [p.reservation_id for p in batch if p.reservation_id is not None]
+        missing_ids = [p.row.provider_id for p in batch if p.row.missing_request_id]
         error: BaseException | None = None
         for attempt in range(retries):
             try:
@@ -413,6 +423,8 @@ class UsageWriter:
                         await cursor.executemany(_INSERT_USAGE_SQL, [p.row.params() for p in batch])
                     if reservations:
                         await conn.execute(limits.RELEASE_SQL, (reservations,))
+                    if missing_ids:
+                        await conn.execute(_MISSING_IDS_SQL, (missing_ids,))
                     if tokens:
                         stale = datetime.fromtimestamp(now.timestamp() - touch_every, UTC)
                         await conn.execute(_TOUCH_TOKENS_SQL, (now, tokens, stale))

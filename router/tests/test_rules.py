@@ -18,7 +18,7 @@ from accounts.services import (
 )
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory, token_for
 from billing import services as billing_services
-from billing.models import InFlight, LedgerTransaction, UsageRecord
+from billing.models import InFlight, LedgerTransaction, ProviderBillingHealth, UsageRecord
 from billing.polling import cost_poll_provider
 from billing.tests.factories import pending_usage
 from core.testing import WebServer, run_threads, wait_for
@@ -791,6 +791,11 @@ def test_an_answer_without_a_request_id_is_served_but_not_billable(server, sim, 
     assert record.state == "not_billable"
     assert record.http_status == 200
     assert record.estimated_cost_nanousd == 0
+    # Counted against the provider; a second one adds to the count.
+    assert chat(server, pro_token).status_code == 200
+    health = ProviderBillingHealth.objects.get(provider=catalog["groq"])
+    assert health.missing_request_ids_total == 2
+    assert not ProviderBillingHealth.objects.filter(provider=catalog["together"]).exists()
 
 
 # --- 11. client disconnect mid-stream ---------------------------------------------------------
