@@ -94,3 +94,19 @@ def settings_change_list(
     if organization is not None:
         changes = changes.filter(organization=organization)
     return changes.order_by("-created_at", "-id")
+
+
+# --- raw reads for the router (async psycopg, outside the ORM; see router/store.py) -----------
+ROUTER_CALLER_SQL = """
+SELECT t.id, t.role, t.permissions, t.revoked_at IS NOT NULL, u.id, u.username, u.is_active,
+       u.plan, u.provider_order
+FROM accounts_accesstoken t JOIN accounts_user u ON u.id = t.user_id
+WHERE t.token_hash = %s
+"""
+ROUTER_ORGANIZATIONS_SQL = """
+SELECT o.id, o.name, o.plan, o.seats, o.spending_limit_nanousd, o.disabled_providers
+FROM accounts_membership m JOIN accounts_organization o ON o.id = m.organization_id
+WHERE m.user_id = %s
+"""
+# Keys come back encrypted (`core.fields.decrypt`).
+ROUTER_PROVIDER_KEYS_SQL = "SELECT provider_id, key FROM accounts_providerkey WHERE user_id = %s"

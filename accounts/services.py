@@ -431,3 +431,10 @@ def organization_provider_settings_update(
         for name, value in updates.items():
             setattr(organization, name, value)
     return organization
+
+
+# The router's `access_token_touch`, for many tokens at once (async, in its group commit).
+ROUTER_TOKENS_TOUCH_SQL = """
+UPDATE accounts_accesstoken SET last_used_at = %s
+WHERE id = ANY(%s) AND (last_used_at IS NULL OR last_used_at < %s)
+"""

@@ -188,3 +188,11 @@ def usage_record_list_visible(*, viewer: User) -> QuerySet[UsageRecord]:
         .select_related("provider", "user", "payer__user", "payer__organization")
         .order_by("-created_at", "-id")
     )
+
+
+# The router's payer lookup (async, outside the ORM); it creates a missing account with
+# `services.billing_account_for_user` / `_for_organization`.
+ROUTER_PAYER_SQL = {
+    "user": "SELECT id FROM billing_billingaccount WHERE user_id = %s",
+    "org": "SELECT id FROM billing_billingaccount WHERE organization_id = %s",
+}

@@ -605,3 +605,24 @@ def cost_batch_apply(
     result.charged_nanousd = sum(cost for _, cost, _ in charged)
     result.payers = set(payer_ids)
     return result
+
+
+# The router writes usage records in its group commit (async psycopg, outside the ORM): the
+# same row `usage_record_create` writes, idempotent on (provider, request ID).
+ROUTER_USAGE_INSERT_SQL = """
+INSERT INTO billing_usagerecord (
+    provider_id, request_id, user_id, payer_id, hub_model_id, provider_model, task,
+    http_status, prompt_tokens, completion_tokens, estimated_cost_nanousd, cost_nanousd, state,
+    charge_id, created_at, billed_at, cost_attempts, cost_error)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, NULL, %s, NULL, 0, '')
+ON CONFLICT (provider_id, request_id) DO NOTHING
+"""
+# Successes without a request-ID header, counted against each provider (one id per answer).
+ROUTER_MISSING_REQUEST_IDS_SQL = """
+INSERT INTO billing_providerbillinghealth (provider_id, last_error, consecutive_failures,
+    invalid_costs_total, unknown_ids_total, missing_request_ids_total)
+SELECT provider_id, '', 0, 0, 0, count(*) FROM unnest(%s::bigint[]) AS t(provider_id)
+GROUP BY provider_id
+ON CONFLICT (provider_id) DO UPDATE SET missing_request_ids_total =
+    billing_providerbillinghealth.missing_request_ids_total + EXCLUDED.missing_request_ids_total
+"""

@@ -336,3 +336,39 @@ def provider_slugs_existing(*, slugs: Iterable[str]) -> set[str]:
 
 def provider_map(*, slugs: Iterable[str]) -> dict[str, Provider]:
     return {p.slug: p for p in Provider.objects.filter(slug__in=list(slugs))}
+
+
+# --- raw reads for the router (async psycopg, outside the ORM; see router/store.py) -----------
+# API keys come back encrypted (`core.fields.decrypt`).
+ROUTER_PROVIDERS_SQL = """
+SELECT id, slug, organization_id, base_url, chat_route, api_key, request_id_header, state
+FROM registry_provider
+"""
+_ROUTER_CANDIDATE_COLUMNS = """
+    m.provider_id, p.slug, p.organization_id, m.provider_model, m.type, m.status, m.health,
+    m.created_at, m.input_price_nanousd_per_mtok, m.output_price_nanousd_per_mtok,
+    m.throughput_tps, m.first_token_latency_ms, m.context_length
+"""
+# Every conversational mapping of an active provider that applies to the model (staging too:
+# visibility depends on the caller, decided per request). One row with NULL candidate columns
+# when nothing applies; no row for an unknown model.
+ROUTER_CHAT_CANDIDATES_SQL = f"""
+SELECT hm.model_id, {_ROUTER_CANDIDATE_COLUMNS}
+FROM registry_hubmodel hm
+LEFT JOIN LATERAL (
+    SELECT * FROM registry_mapping m
+    WHERE m.task = 'conversational' AND (
+        (m.type = 'single-model' AND m.hub_model_id = hm.id)
+        OR (m.type = 'tag-filter' AND m.tags <@ hm.tags))
+) m ON true
+LEFT JOIN registry_provider p ON p.id = m.provider_id AND p.state = 'active'
+WHERE hm.model_id = %s
+"""  # noqa: S608 (constants only)
+# The named-provider form: the body's `model` is the provider's own model id.
+ROUTER_CHAT_CANDIDATES_BY_PROVIDER_MODEL_SQL = f"""
+SELECT coalesce(hm.model_id, ''), {_ROUTER_CANDIDATE_COLUMNS}
+FROM registry_mapping m
+JOIN registry_provider p ON p.id = m.provider_id
+LEFT JOIN registry_hubmodel hm ON hm.id = m.hub_model_id
+WHERE m.provider_id = %s AND m.provider_model = %s AND m.task = 'conversational'
+"""  # noqa: S608 (constants only)

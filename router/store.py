@@ -22,9 +22,14 @@ from django.conf import settings
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from accounts import selectors as accounts_selectors
+from accounts import services as accounts_services
 from accounts.tokens import token_hash
 from billing import limits
+from billing import selectors as billing_selectors
+from billing import services as billing_services
 from core.fields import decrypt
+from registry import selectors as registry_selectors
 from router.selection import CHAT_TASK, Candidate
 
 logger = logging.getLogger("router")
@@ -124,73 +129,17 @@ class HubModelCandidates:
     candidates: tuple[Candidate, ...]
 
 
-_CALLER_SQL = """
-SELECT t.id, t.role, t.permissions, t.revoked_at IS NOT NULL, u.id, u.username, u.is_active,
-       u.plan, u.provider_order
-FROM accounts_accesstoken t JOIN accounts_user u ON u.id = t.user_id
-WHERE t.token_hash = %s
-"""
-_ORGS_SQL = """
-SELECT o.id, o.name, o.plan, o.seats, o.spending_limit_nanousd, o.disabled_providers
-FROM accounts_membership m JOIN accounts_organization o ON o.id = m.organization_id
-WHERE m.user_id = %s
-"""
-_KEYS_SQL = "SELECT provider_id, key FROM accounts_providerkey WHERE user_id = %s"
-_PROVIDERS_SQL = """
-SELECT id, slug, organization_id, base_url, chat_route, api_key, request_id_header, state
-FROM registry_provider
-"""
-_CANDIDATE_COLUMNS = """
-    m.provider_id, p.slug, p.organization_id, m.provider_model, m.type, m.status, m.health,
-    m.created_at, m.input_price_nanousd_per_mtok, m.output_price_nanousd_per_mtok,
-    m.throughput_tps, m.first_token_latency_ms, m.context_length
-"""
-# Every conversational mapping of an active provider that applies to the model (staging too:
-# visibility depends on the caller and is decided per request).
-_MODEL_SQL = f"""
-SELECT hm.model_id, {_CANDIDATE_COLUMNS}
-FROM registry_hubmodel hm
-LEFT JOIN LATERAL (
-    SELECT * FROM registry_mapping m
-    WHERE m.task = '{CHAT_TASK}' AND (
-        (m.type = 'single-model' AND m.hub_model_id = hm.id)
-        OR (m.type = 'tag-filter' AND m.tags <@ hm.tags))
-) m ON true
-LEFT JOIN registry_provider p ON p.id = m.provider_id AND p.state = 'active'
-WHERE hm.model_id = %s
-"""  # noqa: S608 (a constant)
-# The named-provider form: the body's `model` is the provider's own model id.
-_PROVIDER_MODEL_SQL = f"""
-SELECT coalesce(hm.model_id, ''), {_CANDIDATE_COLUMNS}
-FROM registry_mapping m
-JOIN registry_provider p ON p.id = m.provider_id
-LEFT JOIN registry_hubmodel hm ON hm.id = m.hub_model_id
-WHERE m.provider_id = %s AND m.provider_model = %s AND m.task = '{CHAT_TASK}'
-"""  # noqa: S608 (a constant)
-_PAYER_SQL = {
-    "user": "SELECT id FROM billing_billingaccount WHERE user_id = %s",
-    "org": "SELECT id FROM billing_billingaccount WHERE organization_id = %s",
-}
-_INSERT_USAGE_SQL = """
-INSERT INTO billing_usagerecord (
-    provider_id, request_id, user_id, payer_id, hub_model_id, provider_model, task,
-    http_status, prompt_tokens, completion_tokens, estimated_cost_nanousd, cost_nanousd, state,
-    charge_id, created_at, billed_at, cost_attempts, cost_error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, NULL, %s, NULL, 0, '')
-ON CONFLICT (provider_id, request_id) DO NOTHING
-"""
-_MISSING_IDS_SQL = """
-INSERT INTO billing_providerbillinghealth (provider_id, last_error, consecutive_failures,
-    invalid_costs_total, unknown_ids_total, missing_request_ids_total)
-SELECT provider_id, '', 0, 0, 0, count(*) FROM unnest(%s::bigint[]) AS t(provider_id)
-GROUP BY provider_id
-ON CONFLICT (provider_id) DO UPDATE SET missing_request_ids_total =
-    billing_providerbillinghealth.missing_request_ids_total + EXCLUDED.missing_request_ids_total
-"""
-_TOUCH_TOKENS_SQL = """
-UPDATE accounts_accesstoken SET last_used_at = %s
-WHERE id = ANY(%s) AND (last_used_at IS NULL OR last_used_at < %s)
-"""
+# The statements belong to the apps whose tables they touch (their selectors and services).
+_CALLER_SQL = accounts_selectors.ROUTER_CALLER_SQL
+_ORGS_SQL = accounts_selectors.ROUTER_ORGANIZATIONS_SQL
+_KEYS_SQL = accounts_selectors.ROUTER_PROVIDER_KEYS_SQL
+_TOUCH_TOKENS_SQL = accounts_services.ROUTER_TOKENS_TOUCH_SQL
+_PROVIDERS_SQL = registry_selectors.ROUTER_PROVIDERS_SQL
+_MODEL_SQL = registry_selectors.ROUTER_CHAT_CANDIDATES_SQL
+_PROVIDER_MODEL_SQL = registry_selectors.ROUTER_CHAT_CANDIDATES_BY_PROVIDER_MODEL_SQL
+_PAYER_SQL = billing_selectors.ROUTER_PAYER_SQL
+_INSERT_USAGE_SQL = billing_services.ROUTER_USAGE_INSERT_SQL
+_MISSING_IDS_SQL = billing_services.ROUTER_MISSING_REQUEST_IDS_SQL
 
 
 def _candidate(row) -> Candidate:
@@ -303,7 +252,10 @@ class Store:
         self, provider: ProviderInfo, provider_model: str
     ) -> tuple[str, tuple[Candidate, ...]]:
         async def load():
-            rows = await self._fetch(_PROVIDER_MODEL_SQL, (provider.id, provider_model))
+            rows = await self._fetch(
+                _PROVIDER_MODEL_SQL,
+                (provider.id, provider_model),
+            )
             hub_ids = [r[0] for r in rows]
             return (hub_ids[0] if hub_ids else ""), tuple(_candidate(r[1:]) for r in rows)
 
@@ -420,7 +372,10 @@ class UsageWriter:
             try:
                 async with self.store.pool.connection() as conn, conn.transaction():
                     async with conn.cursor() as cursor:
-                        await cursor.executemany(_INSERT_USAGE_SQL, [p.row.params() for p in batch])
+                        await cursor.executemany(
+                            _INSERT_USAGE_SQL,
+                            [p.row.params() for p in batch],
+                        )
                     if reservations:
                         await conn.execute(limits.RELEASE_SQL, (reservations,))
                     if missing_ids:
