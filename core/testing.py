@@ -3,6 +3,7 @@
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -95,10 +96,9 @@ class CeleryProcess:
         """SIGTERM (a warm shutdown) by default; `sig` sends that signal instead."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc and self.proc.returncode
-        if sig is None:
-            self.proc.terminate()
-        else:
-            self.proc.send_signal(sig)
+        # SIGINT, not SIGTERM: after a graceful shutdown uvicorn re-raises the signal it got,
+        # and only SIGINT ends the interpreter normally (atexit runs, so coverage is saved).
+        self.proc.send_signal(signal.SIGINT if sig is None else sig)
         try:
             return self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -261,10 +261,9 @@ class WebServer:
     def stop(self, sig: int | None = None) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        if sig is None:
-            self.proc.terminate()
-        else:
-            self.proc.send_signal(sig)
+        # SIGINT, not SIGTERM: after a graceful shutdown uvicorn re-raises the signal it got,
+        # and only SIGINT ends the interpreter normally (atexit runs, so coverage is saved).
+        self.proc.send_signal(signal.SIGINT if sig is None else sig)
         try:
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
