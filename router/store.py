@@ -317,13 +317,15 @@ class UsageWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._touched: dict[int, float] = {}
+        self._busy = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        """Waits until every queued record is committed, then stops."""
         if self._task is not None:
-            while self._queue:
+            while self._queue or self._busy:
                 await asyncio.sleep(0.01)
             self._task.cancel()
 
@@ -337,9 +339,14 @@ class UsageWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self.MAX_BATCH], self._queue[self.MAX_BATCH :]
-                await self._commit(batch)
+            self._busy = True
+            try:
+                while self._queue:
+                    batch = self._queue[: self.MAX_BATCH]
+                    self._queue = self._queue[self.MAX_BATCH :]
+                    await self._commit(batch)
+            finally:
+                self._busy = False
 
     async def _commit(self, batch: list[_Pending]) -> None:
         """Commits a batch. If it fails, each record is retried in a transaction of its own,
