@@ -144,12 +144,19 @@ class _Row:
         return self.health != MappingHealth.ERROR
 
     def preference(self) -> tuple:
-        return (
-            self.type != MappingType.SINGLE_MODEL,
-            self.status != MappingStatus.LIVE,
-            not self.usable,
-            self.created_at,
-        )
+        return mapping_preference(self.type, self.status, self.health, self.created_at)
+
+
+def mapping_preference(kind: str, status: str, health: str, created_at) -> tuple:
+    """Sort key choosing one mapping per provider (lowest wins): a single-model mapping beats
+    a tag-filter one, then live beats staging, then healthy beats failing, then the oldest.
+    The Hub API and the router both choose with it."""
+    return (
+        kind != MappingType.SINGLE_MODEL,
+        status != MappingStatus.LIVE,
+        health == MappingHealth.ERROR,
+        created_at,
+    )
 
 
 _ROW_FIELDS = (
@@ -179,8 +186,10 @@ def _candidate_rows(models: Sequence[HubModel], viewer: Viewer) -> list[_Row]:
     return [_Row(r[0], r[1], r[2], tuple(r[3]), *r[4:]) for r in rows]
 
 
-def _provider_sort_key(viewer: Viewer):
-    preferred = {slug: i for i, slug in enumerate(viewer.provider_order)}
+def provider_rank(provider_order: Sequence[str]):
+    """Sort key of provider slugs: the caller's preferred ones first, in their order, then the
+    default order. The Hub API and the router both order with it."""
+    preferred = {slug: i for i, slug in enumerate(provider_order)}
     # Until usage exists (billing), the default order after preferences is alphabetical.
     return lambda slug: (preferred.get(slug, len(preferred)), slug)
 
@@ -211,7 +220,7 @@ def _resolve(model: HubModel, rows: Iterable[_Row], viewer: Viewer) -> ProviderM
         current = best.get(row.slug)
         if current is None or row.preference() < current.preference():
             best[row.slug] = row
-    sort_key = _provider_sort_key(viewer)
+    sort_key = provider_rank(viewer.provider_order)
     ordered = sorted(best.values(), key=lambda r: (not r.usable, sort_key(r.slug)))
     entries = []
     for row in ordered:

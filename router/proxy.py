@@ -254,11 +254,7 @@ class Router:
         if not provider.active:
             raise RouterError(403, f"The provider {slug!r} is suspended.", "provider_suspended")
         if slug in disabled:
-            raise RouterError(
-                403,
-                f"The provider {slug!r} is disabled by the organization you bill to.",
-                "provider_disabled",
-            )
+            raise selection.provider_disabled(slug)
         hub_model_id, candidates = await self.store.provider_model(provider, model)
         visible = selection.best_per_provider(candidates, member_of=caller.org_ids)
         if not visible:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from registry.selectors import mapping_preference, provider_rank
 from router.errors import RouterError
 
 POLICIES = ("fastest", "cheapest", "preferred")
@@ -45,8 +46,14 @@ class Candidate:
         return self.health != "error"
 
     def preference(self) -> tuple:
-        return (self.type != "single-model", self.status != "live", not self.usable,
-                self.created_at)  # fmt: skip
+        return mapping_preference(self.type, self.status, self.health, self.created_at)
+
+
+def provider_disabled(slug: str) -> RouterError:
+    return RouterError(
+        403, f"The provider {slug!r} is disabled by the organization you bill to.",
+        "provider_disabled",
+    )  # fmt: skip
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -77,18 +84,14 @@ def order(
     disabled: frozenset[str],
 ) -> list[Candidate]:
     """The candidates to try, in order; errors name the rule that left none."""
-    preferred = {slug: i for i, slug in enumerate(provider_order)}
+    rank = provider_rank(provider_order)
 
     def hub_key(c: Candidate) -> tuple:
-        return (not c.usable, preferred.get(c.slug, len(preferred)), c.slug)
+        return (not c.usable, rank(c.slug))
 
     if suffix not in POLICIES:
         if suffix in disabled:
-            raise RouterError(
-                403,
-                f"The provider {suffix!r} is disabled by the organization you bill to.",
-                "provider_disabled",
-            )
+            raise provider_disabled(suffix)
         chosen = [c for c in candidates if c.slug == suffix]
         if not chosen:
             raise RouterError(
