@@ -58,6 +58,19 @@ def manage_process(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def stop_process(proc: subprocess.Popen | None, sig: int, *, wait_s: float) -> int | None:
+    """Sends `sig` to a child process, kills it if it has not exited within `wait_s`;
+    returns its exit status (None if it was never started)."""
+    if proc is None or proc.poll() is not None:
+        return proc and proc.returncode
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=30)
+
+
 class CeleryProcess:
     """A real Celery worker or beat process on the test database and Redis."""
 
@@ -94,16 +107,7 @@ class CeleryProcess:
 
     def stop(self, sig: int | None = None) -> int | None:
         """SIGTERM (a warm shutdown) by default; `sig` sends that signal instead."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc and self.proc.returncode
-        # SIGINT, not SIGTERM: after a graceful shutdown uvicorn re-raises the signal it got,
-        # and only SIGINT ends the interpreter normally (atexit runs, so coverage is saved).
-        self.proc.send_signal(signal.SIGINT if sig is None else sig)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=30)
+        return stop_process(self.proc, signal.SIGTERM if sig is None else sig, wait_s=30)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -259,16 +263,9 @@ class WebServer:
         return self
 
     def stop(self, sig: int | None = None) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
         # SIGINT, not SIGTERM: after a graceful shutdown uvicorn re-raises the signal it got,
         # and only SIGINT ends the interpreter normally (atexit runs, so coverage is saved).
-        self.proc.send_signal(signal.SIGINT if sig is None else sig)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc, signal.SIGINT if sig is None else sig, wait_s=15)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
