@@ -15,7 +15,7 @@ from accounts.models import (
     User,
 )
 from accounts.permissions import FINE_GRAINED_PERMISSIONS
-from core.errors import ApiError
+from core.errors import DomainError
 from core.money import NANOUSD_PER_USD, format_usd, usd_text, usd_to_nanousd
 from registry import selectors as registry_selectors
 
@@ -24,8 +24,8 @@ def _admin_actor(request) -> services.Actor:
     return services.Actor(user=request.user, source=SettingsSource.ADMIN)
 
 
-def _api_error_to_form_error(exc: ApiError) -> forms.ValidationError:
-    return forms.ValidationError(str(exc.detail))
+def _api_error_to_form_error(exc: DomainError) -> forms.ValidationError:
+    return forms.ValidationError(exc.message)
 
 
 # --- inference-provider settings -------------------------------------------------------------
@@ -74,7 +74,7 @@ class ProviderKeyInlineForm(forms.ModelForm):
             return ""
         try:
             return services.provider_key_clean(key, field="key")
-        except ApiError as exc:
+        except DomainError as exc:
             raise _api_error_to_form_error(exc) from exc
 
 
@@ -99,7 +99,7 @@ class UserAdminForm(UserChangeForm):
         order = self.cleaned_data.get("provider_order") or []
         try:
             return services.provider_slugs_clean(order, field="provider order")
-        except ApiError as exc:
+        except DomainError as exc:
             raise _api_error_to_form_error(exc) from exc
 
 
@@ -326,8 +326,8 @@ class AccessTokenAdmin(admin.ModelAdmin):
                 role=form.cleaned_data["role"],
                 permissions=form.cleaned_data.get("permissions") or [],
             )
-        except ApiError as exc:
-            messages.error(request, str(exc.detail))
+        except DomainError as exc:
+            messages.error(request, exc.message)
             return
         obj.pk, obj.token_prefix, obj.created_at = token.pk, token.token_prefix, token.created_at
         messages.warning(

@@ -14,7 +14,7 @@ from accounts.permissions import (
     request_token,
     token_permission,
 )
-from core.errors import ApiError
+from core.errors import DomainError, Kind
 from core.money import NANOUSD_PER_USD, usd_text, usd_to_nanousd
 from core.pagination import decode_cursor, next_link, parse_limit
 from core.serializers import StrictCharField, StrictDecimalField, StrictSerializer
@@ -229,7 +229,7 @@ class OrganizationDetailView(APIView):
         membership = org and selectors.membership_get(user=request.user, organization=org)
         if not membership:
             # Same answer for "no such organization" and "not a member": names stay private.
-            raise ApiError(f"Organization {name!r} not found.", status=404, code="not_found")
+            raise DomainError("not_found", f"Organization {name!r} not found.", kind=Kind.NOT_FOUND)
         members = selectors.membership_list_for_organization(organization=org)
         data = OrganizationSerializer(org).data
         data["roleInOrg"] = membership.role
@@ -333,8 +333,8 @@ class UserProviderKeyView(APIView):
             user=request.user, provider_slug=provider, actor=_actor(request)
         )
         if not removed:
-            raise ApiError(
-                f"No custom key is set for provider {provider!r}.", status=404, code="not_found"
+            raise DomainError(
+                "not_found", f"No custom key is set for provider {provider!r}.", kind=Kind.NOT_FOUND
             )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -343,14 +343,14 @@ def _organization_for_admin(request, name: str):
     """The organization, if the caller administers it: 404 if unknown, 403 otherwise."""
     org = selectors.organization_get(name=name)
     if org is None:
-        raise ApiError(f"Organization {name!r} not found.", status=404, code="not_found")
+        raise DomainError("not_found", f"Organization {name!r} not found.", kind=Kind.NOT_FOUND)
     membership = selectors.membership_get(user=request.user, organization=org)
     if membership is None or membership.role != Role.ADMIN:
-        raise ApiError(
+        raise DomainError(
+            "permission_denied",
             f"Only admins of organization {org.name!r} can do this"
             + (f" (your role is {membership.role!r})." if membership else "."),
-            status=403,
-            code="permission_denied",
+            kind=Kind.FORBIDDEN,
         )
     return org
 

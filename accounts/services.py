@@ -32,7 +32,7 @@ from accounts.models import (
 )
 from accounts.permissions import FINE_GRAINED_PERMISSIONS
 from accounts.tokens import DISPLAY_PREFIX_LENGTH, token_generate, token_hash
-from core.errors import ApiError, Conflict
+from core.errors import DomainError, Kind
 from registry import selectors as registry_selectors
 
 TOKEN_NAME_MAX_LENGTH = 100
@@ -41,27 +41,33 @@ FULLNAME_MAX_LENGTH = 255
 
 def _validate_name(name: str, *, field: str = "name") -> str:
     if not isinstance(name, str) or not name:
-        raise ApiError(f"{field} is required.", field=field)
+        raise DomainError("validation_error", f"{field} is required.", field=field)
     try:
         name_validator(name)
     except DjangoValidationError as exc:
-        raise ApiError(f"Invalid {field} {name!r}: {exc.messages[0]}", field=field) from exc
+        raise DomainError(
+            "validation_error", f"Invalid {field} {name!r}: {exc.messages[0]}", field=field
+        ) from exc
     return name
 
 
 def _validate_choice(value: str, choices: Iterable[str], *, field: str) -> str:
     allowed = list(choices)
     if value not in allowed:
-        raise ApiError(
-            f"Invalid {field} {value!r}: expected one of {', '.join(allowed)}.", field=field
+        raise DomainError(
+            "validation_error",
+            f"Invalid {field} {value!r}: expected one of {', '.join(allowed)}.",
+            field=field,
         )
     return value
 
 
 def _validate_fullname(fullname: str) -> None:
     if len(fullname) > FULLNAME_MAX_LENGTH:
-        raise ApiError(
-            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.", field="fullname"
+        raise DomainError(
+            "validation_error",
+            f"fullname is longer than {FULLNAME_MAX_LENGTH} characters.",
+            field="fullname",
         )
 
 
@@ -71,13 +77,18 @@ def _save_named(obj: User | Organization, name: str) -> None:
         with transaction.atomic():
             obj.save()
     except IntegrityError as exc:
-        raise Conflict(f"The name {name!r} is already taken.", field="name") from exc
+        raise DomainError(
+            "conflict", f"The name {name!r} is already taken.", field="name", kind=Kind.CONFLICT
+        ) from exc
 
 
 def _ensure_name_free(name: str) -> None:
     if selectors.name_taken(name=name):
-        raise Conflict(
-            f"The name {name!r} is already taken by a user or an organization.", field="name"
+        raise DomainError(
+            "conflict",
+            f"The name {name!r} is already taken by a user or an organization.",
+            field="name",
+            kind=Kind.CONFLICT,
         )
 
 
@@ -124,10 +135,14 @@ def organization_create(
     _validate_name(name)
     _validate_choice(plan, OrgPlan.values, field="plan")
     if not isinstance(seats, int) or seats < 1:
-        raise ApiError("seats must be a whole number of at least 1.", field="seats")
+        raise DomainError(
+            "validation_error", "seats must be a whole number of at least 1.", field="seats"
+        )
     if spending_limit_nanousd is not None and spending_limit_nanousd < 0:
-        raise ApiError(
-            "spending_limit_nanousd must not be negative.", field="spending_limit_nanousd"
+        raise DomainError(
+            "validation_error",
+            "spending_limit_nanousd must not be negative.",
+            field="spending_limit_nanousd",
         )
     _validate_fullname(fullname)
     _ensure_name_free(name)
@@ -173,18 +188,25 @@ def access_token_create(
     """
     name = (name or "").strip()
     if not name:
-        raise ApiError("name is required.", field="name")
+        raise DomainError("validation_error", "name is required.", field="name")
     if len(name) > TOKEN_NAME_MAX_LENGTH:
-        raise ApiError(f"name is longer than {TOKEN_NAME_MAX_LENGTH} characters.", field="name")
+        raise DomainError(
+            "validation_error",
+            f"name is longer than {TOKEN_NAME_MAX_LENGTH} characters.",
+            field="name",
+        )
     _validate_choice(role, TokenRole.values, field="role")
     permissions = sorted(set(permissions))
     if role != TokenRole.FINE_GRAINED and permissions:
-        raise ApiError(
-            "permissions can only be given to a fine-grained token.", field="permissions"
+        raise DomainError(
+            "validation_error",
+            "permissions can only be given to a fine-grained token.",
+            field="permissions",
         )
     unknown = [p for p in permissions if p not in FINE_GRAINED_PERMISSIONS]
     if unknown:
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             f"Unknown permission {unknown[0]!r}; known: {', '.join(FINE_GRAINED_PERMISSIONS)}.",
             field="permissions",
         )
@@ -275,41 +297,60 @@ def _record_change(
 def provider_slugs_clean(value, *, field: str) -> list[str]:
     """A list of existing provider slugs without repeats, or a 400 naming `field`."""
     if not isinstance(value, list | tuple):
-        raise ApiError(f"{field} must be a list of provider names.", field=field)
+        raise DomainError(
+            "validation_error", f"{field} must be a list of provider names.", field=field
+        )
     if len(value) > PROVIDER_LIST_MAX_LENGTH:
-        raise ApiError(f"{field} has more than {PROVIDER_LIST_MAX_LENGTH} entries.", field=field)
+        raise DomainError(
+            "validation_error",
+            f"{field} has more than {PROVIDER_LIST_MAX_LENGTH} entries.",
+            field=field,
+        )
     seen: set[str] = set()
     for index, slug in enumerate(value):
         if not isinstance(slug, str) or not slug:
-            raise ApiError(
-                f"{field}[{index}] must be a provider name (a non-empty string).", field=field
+            raise DomainError(
+                "validation_error",
+                f"{field}[{index}] must be a provider name (a non-empty string).",
+                field=field,
             )
         if slug in seen:
-            raise ApiError(f"{field} names {slug!r} more than once.", field=field)
+            raise DomainError(
+                "validation_error", f"{field} names {slug!r} more than once.", field=field
+            )
         seen.add(slug)
     unknown = sorted(seen - registry_selectors.provider_slugs_existing(slugs=seen))
     if unknown:
-        raise ApiError(
-            f"{field} names unknown provider(s): {', '.join(map(repr, unknown))}.", field=field
+        raise DomainError(
+            "validation_error",
+            f"{field} names unknown provider(s): {', '.join(map(repr, unknown))}.",
+            field=field,
         )
     return list(value)
 
 
 def provider_key_clean(value, *, field: str) -> str:
     if not isinstance(value, str):
-        raise ApiError(f"{field} must be a string.", field=field)
+        raise DomainError("validation_error", f"{field} must be a string.", field=field)
     if not value:
-        raise ApiError(f"{field} must not be empty.", field=field)
+        raise DomainError("validation_error", f"{field} must not be empty.", field=field)
     if len(value) < PROVIDER_KEY_MIN_LENGTH:
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             f"{field} is shorter than {PROVIDER_KEY_MIN_LENGTH} characters: not a provider key.",
             field=field,
         )
     if len(value) > PROVIDER_KEY_MAX_LENGTH:
-        raise ApiError(f"{field} is longer than {PROVIDER_KEY_MAX_LENGTH} characters.", field=field)
+        raise DomainError(
+            "validation_error",
+            f"{field} is longer than {PROVIDER_KEY_MAX_LENGTH} characters.",
+            field=field,
+        )
     if not _PROVIDER_KEY_RE.match(value):
-        raise ApiError(
-            f"{field} may only contain printable ASCII characters without spaces.", field=field
+        raise DomainError(
+            "validation_error",
+            f"{field} may only contain printable ASCII characters without spaces.",
+            field=field,
         )
     return value
 
@@ -333,7 +374,9 @@ def user_provider_settings_update(
         order = provider_slugs_clean(order, field="order")
     if keys is not None:
         if not isinstance(keys, dict):
-            raise ApiError("keys must be an object of provider name to key.", field="keys")
+            raise DomainError(
+                "validation_error", "keys must be an object of provider name to key.", field="keys"
+            )
         provider_slugs_clean(list(keys), field="keys")
         keys = {slug: provider_key_clean(key, field=f"keys.{slug}") for slug, key in keys.items()}
     locked = _lock_user(user)
@@ -398,11 +441,16 @@ def organization_provider_settings_update(
     updates: dict[str, Any] = {}
     if spending_limit_nanousd is not _UNSET and spending_limit_nanousd is not None:
         if isinstance(spending_limit_nanousd, bool) or not isinstance(spending_limit_nanousd, int):
-            raise ApiError("spendingLimit must be a number of USD.", field="spendingLimit")
+            raise DomainError(
+                "validation_error", "spendingLimit must be a number of USD.", field="spendingLimit"
+            )
         if spending_limit_nanousd < 0:
-            raise ApiError("spendingLimit must not be negative.", field="spendingLimit")
+            raise DomainError(
+                "validation_error", "spendingLimit must not be negative.", field="spendingLimit"
+            )
         if spending_limit_nanousd > SPENDING_LIMIT_MAX_NANOUSD:
-            raise ApiError(
+            raise DomainError(
+                "validation_error",
                 f"spendingLimit must be at most {SPENDING_LIMIT_MAX_NANOUSD // 10**9} USD.",
                 field="spendingLimit",
             )

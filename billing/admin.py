@@ -30,7 +30,7 @@ from billing.models import (
     ProviderBillingHealth,
     UsageRecord,
 )
-from core.errors import ApiError
+from core.errors import DomainError
 from core.money import MoneyError, format_usd, usd_to_nanousd
 
 LATEST_TRANSACTIONS = 50
@@ -289,9 +289,9 @@ class BillingAccountAdmin(admin.ModelAdmin):
                         key=f"admin:{data['submission']}:{account.pk}",
                     )
                     (posted if txn is not None else repeated).append(account.name)
-        except ApiError as exc:
+        except DomainError as exc:
             field = {"memo": "reason"}.get(exc.field, exc.field)
-            form.add_error(field if field in form.fields else None, f"{exc.detail}")
+            form.add_error(field if field in form.fields else None, exc.message)
             return False
         amount = format_usd(data["amount"])
         if posted:

@@ -23,7 +23,7 @@ from accounts.permissions import request_token, token_permission
 from billing import selectors, usage
 from billing.models import BillingAccount, LedgerTransaction, UsageRecord, UsageState
 from billing.pagination import NewestFirstPagination
-from core.errors import ApiError
+from core.errors import DomainError, Kind
 from core.serializers import StrictSerializer
 from registry import selectors as registry_selectors
 
@@ -37,7 +37,8 @@ def _refuse_unknown_params(request, known: frozenset[str]) -> None:
     """A misspelt filter must not be silently ignored (the page would look filtered)."""
     unknown = sorted(set(request.query_params) - known)
     if unknown:
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             f"{unknown[0]}: unknown query parameter; use {', '.join(sorted(known))}.",
             field=unknown[0],
         )
@@ -47,7 +48,7 @@ def _account_or_404(request, name: str) -> BillingAccount:
     account = selectors.billing_account_visible(viewer=request.user, name=name)
     if account is None:
         # Same answer for "no such payer" and "not yours to read": names stay private.
-        raise ApiError(f"Billing account {name!r} not found.", status=404, code="not_found")
+        raise DomainError("not_found", f"Billing account {name!r} not found.", kind=Kind.NOT_FOUND)
     return account
 
 
@@ -145,7 +146,11 @@ class UsageFilter(django_filters.FilterSet):
     def filter_payer(self, queryset, name, value):
         account = selectors.billing_account_visible(viewer=self.request.user, name=value)
         if account is None:
-            raise ApiError(f"payer: no billing account {value!r} that you can read.", field=name)
+            raise DomainError(
+                "validation_error",
+                f"payer: no billing account {value!r} that you can read.",
+                field=name,
+            )
         if account.pk is None:
             return queryset.none()
         return queryset.filter(payer=account)
@@ -153,18 +158,18 @@ class UsageFilter(django_filters.FilterSet):
     def filter_member(self, queryset, name, value):
         user = accounts_selectors.user_get(name=value)
         if user is None:
-            raise ApiError(f"member: no user {value!r}.", field=name)
+            raise DomainError("validation_error", f"member: no user {value!r}.", field=name)
         return queryset.filter(user=user)
 
     def filter_provider(self, queryset, name, value):
         provider = registry_selectors.provider_get(slug=value)
         if provider is None:
-            raise ApiError(f"provider: no provider {value!r}.", field=name)
+            raise DomainError("validation_error", f"provider: no provider {value!r}.", field=name)
         return queryset.filter(provider=provider)
 
     def filter_model(self, queryset, name, value):
         if registry_selectors.hub_model_get(model_id=value) is None:
-            raise ApiError(f"model: no hub model {value!r}.", field=name)
+            raise DomainError("validation_error", f"model: no hub model {value!r}.", field=name)
         return queryset.filter(hub_model_id=value)
 
 

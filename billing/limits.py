@@ -37,10 +37,9 @@ from datetime import datetime, timedelta
 from django.db import connection
 from django.utils import timezone
 
-from accounts.models import OrgPlan, UserPlan
+from accounts import plans
 from billing.models import BillingAccount, InFlight
 from billing.selectors import month_bounds
-from billing.services import monthly_credit_for
 from core.money import format_usd
 
 ALLOWED = "ok"
@@ -152,18 +151,20 @@ def terms_for(
         return PayerTerms(
             payer_id=payer_id,
             who=f"User {user_name}",
-            has_payg=user_plan == UserPlan.PRO,
+            has_payg=plans.user_plan(user_plan).pay_as_you_go,
             limit_nanousd=None,
-            monthly_credit_nanousd=monthly_credit_for(user_plan=user_plan),
+            monthly_credit_nanousd=plans.monthly_credit_nanousd(user_plan_name=user_plan),
             upgrade="upgrade to PRO",
         )
-    has_payg = org_plan in (OrgPlan.TEAM, OrgPlan.ENTERPRISE)
+    has_payg = plans.org_plan(org_plan).pay_as_you_go
     return PayerTerms(
         payer_id=payer_id,
         who=f"Organization {org_name}",
         has_payg=has_payg,
         limit_nanousd=org_limit_nanousd if has_payg else None,
-        monthly_credit_nanousd=monthly_credit_for(org_plan=org_plan, seats=org_seats),
+        monthly_credit_nanousd=plans.monthly_credit_nanousd(
+            org_plan_name=org_plan, seats=org_seats
+        ),
         upgrade="upgrade the organization to a Team or Enterprise plan",
     )
 

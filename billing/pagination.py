@@ -16,7 +16,7 @@ from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
-from core.errors import ApiError
+from core.errors import DomainError
 from core.pagination import decode_cursor, encode_cursor, parse_limit
 
 
@@ -50,7 +50,9 @@ class NewestFirstPagination(BasePagination):
             if after[0].tzinfo is None:
                 raise ValueError("naive datetime")
         except ValueError as exc:
-            raise ApiError("cursor: not a cursor from a `next` link.", field="cursor") from exc
+            raise DomainError(
+                "validation_error", "cursor: not a cursor from a `next` link.", field="cursor"
+            ) from exc
         return after
 
     def paginate_queryset(self, queryset, request, view=None):

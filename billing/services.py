@@ -16,7 +16,8 @@ from datetime import date, datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import Organization, OrgPlan, User, UserPlan
+from accounts import plans
+from accounts.models import Organization, User
 from billing.models import (
     PAYER_KINDS,
     AccountKind,
@@ -28,14 +29,9 @@ from billing.models import (
     UsageRecord,
     UsageState,
 )
-from core.errors import ApiError
+from core.errors import DomainError
 from core.ids import object_id
 from registry.models import Provider
-
-# Monthly included credits (DESIGN: free user $0.10, PRO $2.00, team/enterprise $2.00/seat).
-FREE_USER_MONTHLY_NANOUSD = 100_000_000
-PRO_USER_MONTHLY_NANOUSD = 2_000_000_000
-ORG_SEAT_MONTHLY_NANOUSD = 2_000_000_000
 
 
 # --- accounts ---------------------------------------------------------------------------------
@@ -175,20 +171,11 @@ def _month_start(moment: datetime | date) -> date:
     return date(moment.year, moment.month, 1)
 
 
-def monthly_credit_for(*, user_plan: str | None = None, org_plan: str = "", seats: int = 0) -> int:
-    """Included credits per month: of a user (given `user_plan`) or of an organization."""
-    if user_plan is not None:
-        return PRO_USER_MONTHLY_NANOUSD if user_plan == UserPlan.PRO else FREE_USER_MONTHLY_NANOUSD
-    if org_plan in (OrgPlan.TEAM, OrgPlan.ENTERPRISE):
-        return ORG_SEAT_MONTHLY_NANOUSD * seats
-    return 0
-
-
 def monthly_credit_nanousd(billing_account: BillingAccount) -> int:
     if billing_account.user_id:
-        return monthly_credit_for(user_plan=billing_account.user.plan)
+        return plans.monthly_credit_nanousd(user_plan_name=billing_account.user.plan)
     org = billing_account.organization
-    return monthly_credit_for(org_plan=org.plan, seats=org.seats)
+    return plans.monthly_credit_nanousd(org_plan_name=org.plan, seats=org.seats)
 
 
 def _grant_key(billing_account_id: int, label: str) -> str:
@@ -301,7 +288,7 @@ def credits_top_up(
 ) -> LedgerTransaction | None:
     """Prepaid credits bought by the payer (they never expire)."""
     if amount_nanousd <= 0:
-        raise ApiError("amount must be positive.", field="amount")
+        raise DomainError("validation_error", "amount must be positive.", field="amount")
     prepaid = pools_of(billing_account)[AccountKind.PREPAID]
     return transaction_post(
         kind=TransactionKind.TOP_UP,
@@ -332,9 +319,11 @@ def credits_grant_extra(
     credits would be expired by it. Returns None if `idempotency_key` was already posted.
     """
     if not memo.strip():
-        raise ApiError("A reason is required to grant credits.", field="memo")
+        raise DomainError(
+            "validation_error", "A reason is required to grant credits.", field="memo"
+        )
     if amount_nanousd <= 0:
-        raise ApiError("amount must be positive.", field="amount")
+        raise DomainError("validation_error", "amount must be positive.", field="amount")
     credits_ensure_month(billing_account=billing_account, now=now)
     included = pools_of(billing_account)[AccountKind.INCLUDED]
     return transaction_post(
@@ -358,9 +347,10 @@ def charge_refund(*, usage_record: UsageRecord, actor: str, memo: str) -> Ledger
     `refund:<charge id>`): a second call returns None.
     """
     if not memo.strip():
-        raise ApiError("A reason is required for a refund.", field="memo")
+        raise DomainError("validation_error", "A reason is required for a refund.", field="memo")
     if usage_record.state != UsageState.BILLED or usage_record.charge_id is None:
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             f"Request {usage_record.request_id} was not charged ({usage_record.state}); "
             "there is nothing to refund.",
             field="request_id",
@@ -400,16 +390,21 @@ def ledger_adjust(
 ) -> LedgerTransaction | None:
     """A correction by a person: moves `amount` (signed) into one of the payer's pools."""
     if not memo.strip():
-        raise ApiError("A reason is required for an adjustment.", field="memo")
+        raise DomainError(
+            "validation_error", "A reason is required for an adjustment.", field="memo"
+        )
     if amount_nanousd == 0:
-        raise ApiError("amount must not be zero.", field="amount")
+        raise DomainError("validation_error", "amount must not be zero.", field="amount")
     if pool not in PAYER_KINDS:
-        raise ApiError(f"pool must be one of {', '.join(PAYER_KINDS)}.", field="pool")
+        raise DomainError(
+            "validation_error", f"pool must be one of {', '.join(PAYER_KINDS)}.", field="pool"
+        )
     account = pools_of(billing_account)[pool]
     with transaction.atomic():
         balance = lock_accounts([account.pk])[account.pk]
         if pool != AccountKind.PAYG and balance + amount_nanousd < 0:
-            raise ApiError(
+            raise DomainError(
+                "validation_error",
                 f"This would take the {pool} pool below zero (balance {balance} nano-USD).",
                 field="amount",
             )

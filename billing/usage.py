@@ -14,7 +14,7 @@ from accounts import selectors as accounts_selectors
 from accounts.models import Membership, Organization, OrgPlan, User
 from billing import services
 from billing.models import BillingAccount
-from core.errors import ApiError
+from core.errors import DomainError, Kind
 from core.ids import object_id
 from registry.models import Provider
 
@@ -32,20 +32,20 @@ def payer_resolve(*, user: User, bill_to: str | None, field: str = "billTo") -> 
     org = accounts_selectors.organization_get(name=bill_to)
     member = org and accounts_selectors.membership_get(user=user, organization=org)
     if not member:
-        raise ApiError(
+        raise DomainError(
+            "bill_to_not_member",
             f"You are not a member of the organization {bill_to!r}; you cannot bill "
             "requests to it.",
-            status=403,
-            code="bill_to_not_member",
             field=field,
+            kind=Kind.FORBIDDEN,
         )
     if org.plan not in BILL_TO_PLANS:
-        raise ApiError(
+        raise DomainError(
+            "bill_to_plan",
             f"The organization {org.name!r} is on the {org.plan!r} plan; billing "
             "requests to an organization needs a team or enterprise plan.",
-            status=403,
-            code="bill_to_plan",
             field=field,
+            kind=Kind.FORBIDDEN,
         )
     return services.billing_account_for_organization(organization=org)
 
@@ -70,7 +70,9 @@ def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None
     provider or user, or a bill-to the user may not use, is a 4xx naming `records[i].field`
     and nothing is stored."""
     if len(records) > INGEST_MAX:
-        raise ApiError(f"At most {INGEST_MAX} records per request.", field="records")
+        raise DomainError(
+            "validation_error", f"At most {INGEST_MAX} records per request.", field="records"
+        )
     now = now or timezone.now()
     providers = {
         p.slug: p for p in Provider.objects.filter(slug__in={r["provider"] for r in records})
@@ -85,32 +87,35 @@ def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None
     )
     for i, record in enumerate(records):
         if record["provider"] not in providers:
-            raise ApiError(
+            raise DomainError(
+                "validation_error",
                 f"records[{i}].provider: unknown provider {record['provider']!r}.",
                 field=f"records[{i}].provider",
             )
         user = users.get(record["user"])
         if user is None:
-            raise ApiError(
-                f"records[{i}].user: unknown user {record['user']!r}.", field=f"records[{i}].user"
+            raise DomainError(
+                "validation_error",
+                f"records[{i}].user: unknown user {record['user']!r}.",
+                field=f"records[{i}].user",
             )
         if record.get("billTo"):
             org = orgs.get(record["billTo"])
             if org is None or (user.pk, org.pk) not in memberships:
-                raise ApiError(
+                raise DomainError(
+                    "bill_to_not_member",
                     f"records[{i}].billTo: {record['user']!r} is not a member of "
                     f"{record['billTo']!r}.",
-                    status=403,
-                    code="bill_to_not_member",
                     field=f"records[{i}].billTo",
+                    kind=Kind.FORBIDDEN,
                 )
             if org.plan not in BILL_TO_PLANS:
-                raise ApiError(
+                raise DomainError(
+                    "bill_to_plan",
                     f"records[{i}].billTo: {org.name!r} is on the {org.plan!r} "
                     "plan; billing to an organization needs team or enterprise.",
-                    status=403,
-                    code="bill_to_plan",
                     field=f"records[{i}].billTo",
+                    kind=Kind.FORBIDDEN,
                 )
 
     with transaction.atomic():

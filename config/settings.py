@@ -56,7 +56,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "core.errors.ApiErrorMiddleware",
+    "core.errors.JsonErrorMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

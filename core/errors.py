@@ -15,11 +15,13 @@ way on API paths; the admin keeps Django's HTML pages.
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
+from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
@@ -27,32 +29,55 @@ logger = logging.getLogger(__name__)
 API_PREFIXES = ("/api/", "/v1/")
 
 
-class ApiError(exceptions.APIException):
-    """Raise from services or views for a domain error with its own status and code.
+class Kind(StrEnum):
+    """What went wrong, independent of the transport; each edge maps it to its own status."""
 
-    `field` names the input at fault, so the message and `fields` point at it.
+    INVALID = "invalid"
+    UNAUTHENTICATED = "unauthenticated"
+    PAYMENT_REQUIRED = "payment_required"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+
+
+# The HTTP status of each kind; the API (below) and the router (`router.errors`) both use it.
+HTTP_STATUS = {
+    Kind.INVALID: 400,
+    Kind.UNAUTHENTICATED: 401,
+    Kind.PAYMENT_REQUIRED: 402,
+    Kind.FORBIDDEN: 403,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.TOO_LARGE: 413,
+}
+
+
+class DomainError(Exception):
+    """The one error a rule raises: services, selectors and pure rules, on either side.
+
+    `code` is stable for programs (the API's `error_type`, the router's `error.code`),
+    `message` is for people and names the field, `field` is the input at fault when there is
+    one, and `kind` says what went wrong. Nothing here knows HTTP: DRF renders it in the Hub
+    format (`api_exception_handler`), the router in OpenAI's (`router.errors`), management
+    commands as one line (`core.management.base`), admin forms as a form error.
     """
 
-    status_code = 400
-    default_code = "validation_error"
-
     def __init__(
-        self,
-        message: str,
-        *,
-        status: int = 400,
-        code: str = "validation_error",
-        field: str | None = None,
+        self, code: str, message: str, *, field: str | None = None, kind: Kind = Kind.INVALID
     ):
-        super().__init__(detail=message, code=code)
-        self.status_code = status
+        super().__init__(message)
         self.code = code
+        self.message = message
         self.field = field
+        self.kind = Kind(kind)
 
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.kind]
 
-class Conflict(ApiError):
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message, status=409, code="conflict", field=field)
+    def __repr__(self) -> str:
+        return f"DomainError({self.code!r}, {self.message!r}, {self.field!r}, {self.kind})"
 
 
 def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
@@ -104,6 +129,9 @@ def api_exception_handler(exc, context):
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
 
+    if isinstance(exc, DomainError):
+        return _domain_response(exc)
+
     response = exception_handler(exc, context)
     if response is None:
         return None  # unexpected: Django's handler500 renders it (as JSON on API paths)
@@ -113,15 +141,19 @@ def api_exception_handler(exc, context):
         return response
 
     message = str(exc.detail)
-    if isinstance(exc, ApiError):
-        fields = {exc.field: [message]} if exc.field else None
-        response.data = error_body(message, exc.code, fields)
-    else:
-        codes = exc.get_codes()
-        response.data = error_body(message, codes if isinstance(codes, str) else "error")
+    codes = exc.get_codes()
+    response.data = error_body(message, codes if isinstance(codes, str) else "error")
     if response.status_code == 401:
         # The Hub also puts the reason in a header; clients that read headers see it.
         response["X-Error-Message"] = message
+    return response
+
+
+def _domain_response(exc: DomainError) -> Response:
+    fields = {exc.field: [exc.message]} if exc.field else None
+    response = Response(error_body(exc.message, exc.code, fields), status=exc.http_status)
+    if exc.kind == Kind.UNAUTHENTICATED:
+        response["X-Error-Message"] = exc.message
     return response
 
 
@@ -166,7 +198,7 @@ def handler500(request):
     return defaults.server_error(request)
 
 
-class ApiErrorMiddleware:
+class JsonErrorMiddleware:
     """An unexpected exception on an API path is a JSON 500, also with DEBUG on.
 
     It is logged with its traceback; the client gets no internals.

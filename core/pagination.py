@@ -4,7 +4,7 @@ import base64
 import binascii
 from urllib.parse import urlencode
 
-from core.errors import ApiError
+from core.errors import DomainError
 
 
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
@@ -14,9 +14,11 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     try:
         limit = int(raw)
     except ValueError as exc:
-        raise ApiError(f"limit: {raw!r} is not a whole number.", field="limit") from exc
+        raise DomainError(
+            "validation_error", f"limit: {raw!r} is not a whole number.", field="limit"
+        ) from exc
     if limit < 1:
-        raise ApiError("limit must be at least 1.", field="limit")
+        raise DomainError("validation_error", "limit must be at least 1.", field="limit")
     return min(limit, maximum)
 
 
@@ -34,9 +36,13 @@ def decode_cursor(raw: str, *, source: str) -> str:
         key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
         text = key.decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(f"cursor: not a cursor from a {source}.", field="cursor") from exc
+        raise DomainError(
+            "validation_error", f"cursor: not a cursor from a {source}.", field="cursor"
+        ) from exc
     if not text:
-        raise ApiError(f"cursor: not a cursor from a {source}.", field="cursor")
+        raise DomainError(
+            "validation_error", f"cursor: not a cursor from a {source}.", field="cursor"
+        )
     return text
 
 

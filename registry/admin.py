@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
-from core.errors import ApiError
+from core.errors import DomainError
 from registry import services
 from registry.models import HubModel, Mapping, MappingStatus, Provider
 
@@ -31,8 +31,8 @@ class ProviderForm(forms.ModelForm):
         if all(name in data for name in names):
             try:
                 data.update(services.provider_settings_clean(**{n: data[n] for n in names}))
-            except ApiError as exc:
-                self.add_error(exc.field if exc.field in names else None, str(exc.detail))
+            except DomainError as exc:
+                self.add_error(exc.field if exc.field in names else None, exc.message)
         return data
 
     def save(self, commit=True):

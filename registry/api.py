@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import request_token
-from core.errors import ApiError
+from core.errors import DomainError, Kind
 from core.ids import is_object_id
 from core.pagination import decode_cursor, next_link, parse_limit
 from core.serializers import StrictSerializer
@@ -25,7 +25,7 @@ from registry.models import MODEL_ID_MAX_LENGTH, MappingStatus, MappingType, Pro
 def _provider_or_404(slug: str) -> Provider:
     provider = selectors.provider_get(slug=slug)
     if provider is None:
-        raise ApiError(f"Unknown provider {slug!r}.", status=404, code="not_found")
+        raise DomainError("not_found", f"Unknown provider {slug!r}.", kind=Kind.NOT_FOUND)
     return provider
 
 
@@ -34,10 +34,10 @@ def _mapping_or_404(provider: Provider, mapping_id: str):
         provider=provider, public_id=mapping_id
     )
     if not mapping:
-        raise ApiError(
+        raise DomainError(
+            "not_found",
             f"No mapping {mapping_id!r} for provider {provider.slug!r}.",
-            status=404,
-            code="not_found",
+            kind=Kind.NOT_FOUND,
         )
     return mapping
 
@@ -108,8 +108,10 @@ class PartnerModelsView(PartnerView):
         provider_obj = _provider_or_404(provider)
         status_filter = request.query_params.get("status")
         if status_filter is not None and status_filter not in MappingStatus.values:
-            raise ApiError(
-                f"status: {status_filter!r} is not one of staging, live.", field="status"
+            raise DomainError(
+                "validation_error",
+                f"status: {status_filter!r} is not one of staging, live.",
+                field="status",
             )
         return Response(selectors.partner_mapping_list(provider=provider_obj, status=status_filter))
 
@@ -151,13 +153,15 @@ class PartnerModelsView(PartnerView):
         provider_obj = self.provider_for_write(request, provider)
         hf_model = request.query_params.get("hfModel")
         if not hf_model:
-            raise ApiError("hfModel query parameter is required.", field="hfModel")
+            raise DomainError(
+                "validation_error", "hfModel query parameter is required.", field="hfModel"
+            )
         mappings = selectors.mapping_list_for_hf_model(provider=provider_obj, hf_model=hf_model)
         if not mappings.exists():
-            raise ApiError(
+            raise DomainError(
+                "not_found",
                 f"Provider {provider_obj.slug!r} has no mapping for {hf_model!r}.",
-                status=404,
-                code="not_found",
+                kind=Kind.NOT_FOUND,
             )
         for mapping in mappings:
             services.mapping_delete(mapping=mapping)
@@ -208,11 +212,11 @@ class LegacyPartnerModelStatusView(PartnerView):
             selectors.mapping_list_for_hf_model(provider=provider_obj, hf_model=hf_model)
         )
         if not mappings:
-            raise ApiError(
+            raise DomainError(
+                "not_found",
                 f"Provider {provider_obj.slug!r} has no mapping for {hf_model!r}.",
-                status=404,
-                code="not_found",
                 field="hfModel",
+                kind=Kind.NOT_FOUND,
             )
         items = [
             selectors.mapping_item(
@@ -245,7 +249,8 @@ def _expand(request) -> set[str] | None:
     names = {v.strip() for value in values for v in value.split(",") if v.strip()}
     unknown = sorted(names - EXPANDABLE)
     if unknown:
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             f"expand: unknown value {unknown[0]!r}; use e.g. inference or "
             "inferenceProviderMapping.",
             field="expand",
@@ -355,7 +360,9 @@ class HubModelListView(APIView):
         any_provider = "all" in providers
         inference = params.get("inference")
         if inference not in (None, "", "warm"):
-            raise ApiError("inference: the only filter is 'warm'.", field="inference")
+            raise DomainError(
+                "validation_error", "inference: the only filter is 'warm'.", field="inference"
+            )
         limit = parse_limit(params.get("limit"), default=LIST_LIMIT_DEFAULT, maximum=LIST_LIMIT_MAX)
         cursor = params.get("cursor")
         expand = _expand(request)

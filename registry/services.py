@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts import selectors as accounts_selectors
 from accounts.models import Organization, OrgPlan, Role, TokenRole, User
-from core.errors import ApiError, Conflict
+from core.errors import DomainError, Kind
 from registry.models import (
     MODEL_ID_MAX_LENGTH,
     MODEL_ID_PATTERN,
@@ -39,12 +39,14 @@ PARTNER_ROLES = frozenset({Role.WRITE, Role.ADMIN})
 def _validate_url(value: str, *, field: str, required: bool = True) -> str:
     if not value:
         if required:
-            raise ApiError(f"{field} is required.", field=field)
+            raise DomainError("validation_error", f"{field} is required.", field=field)
         return value
     try:
         URLValidator(schemes=["http", "https"])(value)
     except DjangoValidationError as exc:
-        raise ApiError(f"{field}: {value!r} is not an http(s) URL.", field=field) from exc
+        raise DomainError(
+            "validation_error", f"{field}: {value!r} is not an http(s) URL.", field=field
+        ) from exc
     return value
 
 
@@ -60,15 +62,18 @@ def provider_settings_clean(
     _validate_url(base_url, field="base_url")
     _validate_url(cost_url, field="cost_url", required=False)
     if not chat_route.startswith("/"):
-        raise ApiError("chat_route must start with '/'.", field="chat_route")
+        raise DomainError("validation_error", "chat_route must start with '/'.", field="chat_route")
     if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", request_id_header):
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             "request_id_header must be an HTTP header name (letters, digits, '-').",
             field="request_id_header",
         )
     if first_cost_query_delay_s < 0:
-        raise ApiError(
-            "first_cost_query_delay_s must not be negative.", field="first_cost_query_delay_s"
+        raise DomainError(
+            "validation_error",
+            "first_cost_query_delay_s must not be negative.",
+            field="first_cost_query_delay_s",
         )
     return {
         "base_url": base_url.rstrip("/"),
@@ -92,8 +97,10 @@ def provider_create(
     display_name: str = "",
 ) -> Provider:
     if not re.match(PROVIDER_SLUG_PATTERN, slug or ""):
-        raise ApiError(
-            f"Invalid provider slug {slug!r}: use lowercase letters, digits and '-'.", field="slug"
+        raise DomainError(
+            "validation_error",
+            f"Invalid provider slug {slug!r}: use lowercase letters, digits and '-'.",
+            field="slug",
         )
     provider = Provider(
         slug=slug,
@@ -112,7 +119,9 @@ def provider_create(
         with transaction.atomic():
             provider.save()
     except IntegrityError as exc:
-        raise Conflict(f"A provider {slug!r} already exists.", field="slug") from exc
+        raise DomainError(
+            "conflict", f"A provider {slug!r} already exists.", field="slug", kind=Kind.CONFLICT
+        ) from exc
     return provider
 
 
@@ -126,33 +135,33 @@ def partner_access_check(*, provider: Provider, user: User, token) -> None:
     """
     org = provider.organization
     if token is not None and token.role == TokenRole.READ:
-        raise ApiError(
+        raise DomainError(
+            "token_read_only",
             "This is a read-only access token; managing mappings needs a write or "
             "fine-grained token.",
-            status=403,
-            code="token_read_only",
+            kind=Kind.FORBIDDEN,
         )
     membership = accounts_selectors.membership_get(user=user, organization=org)
     if membership is None:
-        raise ApiError(
+        raise DomainError(
+            "not_a_member",
             f"You are not a member of the organization '{org.name}' that owns provider "
             f"'{provider.slug}'.",
-            status=403,
-            code="not_a_member",
+            kind=Kind.FORBIDDEN,
         )
     if membership.role not in PARTNER_ROLES:
-        raise ApiError(
+        raise DomainError(
+            "role_insufficient",
             f"Your role in '{org.name}' is '{membership.role}'; managing mappings needs "
             "'write' or 'admin'.",
-            status=403,
-            code="role_insufficient",
+            kind=Kind.FORBIDDEN,
         )
     if org.plan not in PARTNER_PLANS:
-        raise ApiError(
+        raise DomainError(
+            "plan_insufficient",
             f"The organization '{org.name}' is on the '{org.plan}' plan; the Model Mapping "
             "API needs a team or enterprise plan.",
-            status=403,
-            code="plan_insufficient",
+            kind=Kind.FORBIDDEN,
         )
 
 
@@ -161,32 +170,40 @@ def normalize_tags(tags: Iterable[str], *, field: str = "tags") -> list[str]:
     """Validated, sorted tags: non-empty strings, no duplicates, bounded."""
     tags = list(tags)
     if not tags:
-        raise ApiError(f"{field} must not be empty.", field=field)
+        raise DomainError("validation_error", f"{field} must not be empty.", field=field)
     if len(tags) > TAGS_MAX:
-        raise ApiError(f"{field}: at most {TAGS_MAX} tags.", field=field)
+        raise DomainError("validation_error", f"{field}: at most {TAGS_MAX} tags.", field=field)
     for tag in tags:
         if not isinstance(tag, str) or not tag.strip():
-            raise ApiError(f"{field}: every tag must be a non-empty string.", field=field)
+            raise DomainError(
+                "validation_error", f"{field}: every tag must be a non-empty string.", field=field
+            )
         if len(tag) > TAG_MAX_LENGTH:
-            raise ApiError(
-                f"{field}: a tag is longer than {TAG_MAX_LENGTH} characters.", field=field
+            raise DomainError(
+                "validation_error",
+                f"{field}: a tag is longer than {TAG_MAX_LENGTH} characters.",
+                field=field,
             )
     duplicates = sorted({t for t in tags if tags.count(t) > 1})
     if duplicates:
-        raise ApiError(f"{field}: duplicate tag {duplicates[0]!r}.", field=field)
+        raise DomainError(
+            "validation_error", f"{field}: duplicate tag {duplicates[0]!r}.", field=field
+        )
     return sorted(tags)
 
 
 def _validate_task(task: str) -> str:
     if task not in TASKS:
-        raise ApiError(f"task: unknown task {task!r}.", field="task")
+        raise DomainError("validation_error", f"task: unknown task {task!r}.", field="task")
     return task
 
 
 def _validate_status(status: str) -> str:
     if status not in MappingStatus.values:
-        raise ApiError(
-            f"status: {status!r} is not one of {', '.join(MappingStatus.values)}.", field="status"
+        raise DomainError(
+            "validation_error",
+            f"status: {status!r} is not one of {', '.join(MappingStatus.values)}.",
+            field="status",
         )
     return status
 
@@ -206,7 +223,8 @@ def mapping_create(
     _validate_task(task)
     _validate_status(status)
     if not provider_model or len(provider_model) > PROVIDER_MODEL_MAX_LENGTH:
-        raise ApiError(
+        raise DomainError(
+            "validation_error",
             f"providerModel must be 1 to {PROVIDER_MODEL_MAX_LENGTH} characters.",
             field="providerModel",
         )
@@ -221,24 +239,26 @@ def mapping_create(
     if type == MappingType.SINGLE_MODEL:
         if tags is not None or adapter_type is not None:
             field = "tags" if tags is not None else "adapterType"
-            raise ApiError(f"{field} is only for tag-filter mappings.", field=field)
+            raise DomainError(
+                "validation_error", f"{field} is only for tag-filter mappings.", field=field
+            )
         if not hf_model:
-            raise ApiError("hfModel is required.", field="hfModel")
+            raise DomainError("validation_error", "hfModel is required.", field="hfModel")
         hub_model = HubModel.objects.filter(model_id=hf_model).first()
         if hub_model is None:
-            raise ApiError(
+            raise DomainError(
+                "model_not_found",
                 f"hfModel: model {hf_model!r} does not exist on the Hub.",
                 field="hfModel",
-                code="model_not_found",
             )
         if not model_supports_task(
             pipeline_tag=hub_model.pipeline_tag, tags=hub_model.tags, task=task
         ):
-            raise ApiError(
+            raise DomainError(
+                "task_not_supported",
                 f"Model {hf_model} (pipeline_tag {hub_model.pipeline_tag or 'none'!r}) does not "
                 f"support task {task!r}.",
                 field="task",
-                code="task_not_supported",
             )
         mapping.hub_model = hub_model
         duplicate = Mapping.objects.filter(
@@ -247,10 +267,16 @@ def mapping_create(
         what = f"{hf_model} for task {task!r}"
     elif type == MappingType.TAG_FILTER:
         if hf_model is not None:
-            raise ApiError("hfModel is not allowed in a tag-filter mapping.", field="hfModel")
+            raise DomainError(
+                "validation_error",
+                "hfModel is not allowed in a tag-filter mapping.",
+                field="hfModel",
+            )
         if adapter_type != AdapterType.LORA:
-            raise ApiError(
-                "adapterType must be 'lora' (the only adapter type supported).", field="adapterType"
+            raise DomainError(
+                "validation_error",
+                "adapterType must be 'lora' (the only adapter type supported).",
+                field="adapterType",
             )
         mapping.tags = normalize_tags(tags or [])
         mapping.adapter_type = adapter_type
@@ -259,11 +285,17 @@ def mapping_create(
         )
         what = f"tags {mapping.tags} for task {task!r}"
     else:
-        raise ApiError(f"type: {type!r} is not 'single-model' or 'tag-filter'.", field="type")
+        raise DomainError(
+            "validation_error",
+            f"type: {type!r} is not 'single-model' or 'tag-filter'.",
+            field="type",
+        )
 
-    conflict = Conflict(
+    conflict = DomainError(
+        "conflict",
         f"Provider {provider.slug} already has a mapping for {what}.",
         field="hfModel" if type == MappingType.SINGLE_MODEL else "tags",
+        kind=Kind.CONFLICT,
     )
     if duplicate.exists():
         raise conflict
@@ -295,9 +327,9 @@ class ImportResult:
     unchanged: int
 
 
-class ImportRecordError(ApiError):
+class ImportRecordError(DomainError):
     def __init__(self, position: int, message: str):
-        super().__init__(f"record {position}: {message}", field="records")
+        super().__init__("validation_error", f"record {position}: {message}", field="records")
         self.position = position
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from accounts import plans
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 from billing import services
 from billing.models import AccountKind, LedgerTransaction, UsageRecord
@@ -96,7 +97,7 @@ def test_the_worker_and_beat_charge_users_and_organizations_in_pool_order(provid
     free_total = sum(cost_nanousd(i) for i in free_ids)
     assert pools(free_payer) == {"included": 0, "prepaid": 0, "payg": -(free_total - 500)}
     org_total = sum(cost_nanousd(i) for i in org_ids)
-    assert pools(org_payer)["included"] == 2 * services.ORG_SEAT_MONTHLY_NANOUSD - org_total
+    assert pools(org_payer)["included"] == 2 * plans.ORG_SEAT_MONTHLY_NANOUSD - org_total
     assert pools(services.billing_account_for_user(user=member))["included"] == 0
     payable = services.provider_payable(provider=provider)
     assert payable.balance_nanousd == pro_total + free_total + org_total
@@ -128,7 +129,7 @@ def test_a_new_month_expires_unused_credits_and_grants_fresh_ones_through_the_wo
     assert kinds[:3] == ["grant", "expiry", "grant"]
     assert kinds.count("charge") == 3
     total = sum(cost_nanousd(i) for i in ids)
-    assert pools(payer)["included"] == services.PRO_USER_MONTHLY_NANOUSD - total
+    assert pools(payer)["included"] == plans.PRO_USER_MONTHLY_NANOUSD - total
     expired = services.platform_account(AccountKind.CREDITS_EXPIRED)
-    assert expired.balance_nanousd == services.PRO_USER_MONTHLY_NANOUSD
+    assert expired.balance_nanousd == plans.PRO_USER_MONTHLY_NANOUSD
     assert invariant_violations() == []

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import AccessToken, Membership, Organization, User
-from core.errors import ApiError
+from core.errors import DomainError
 from core.management.commands.demo_load import DEFAULT_FILE
 from core.testing import manage_process as manage
 from core.testing import run_command as run
@@ -252,7 +252,7 @@ def test_org_create_failure_raises_command_error_and_changes_nothing(existing, a
 
 @pytest.mark.django_db
 def test_organization_create_service_rejects_a_negative_spending_limit():
-    with pytest.raises(ApiError, match="must not be negative"):
+    with pytest.raises(DomainError, match="must not be negative"):
         services.organization_create(name="neg", spending_limit_nanousd=-1)
 
     assert not Organization.objects.filter(name="neg").exists()

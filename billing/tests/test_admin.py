@@ -7,10 +7,12 @@ import pytest
 from django.contrib.admin import helpers
 from django.urls import reverse
 
+from accounts import plans
 from accounts.tests.factories import OrganizationFactory, UserFactory
 from billing import services
 from billing.models import AccountKind, LedgerTransaction, ProviderBillingHealth, TransactionKind
 from billing.tests.factories import pending_usage
+from core.errors import DomainError
 from registry.tests.factories import ProviderFactory
 
 USD = 1_000_000_000
@@ -188,9 +190,9 @@ def test_granting_credits_posts_included_credits_once_even_if_the_form_is_sent_t
     txn = LedgerTransaction.objects.get(kind=TransactionKind.GRANT, actor="root")
     assert txn.memo == "promo"
     assert txn.billing_account == payer
-    assert pools(payer)[AccountKind.INCLUDED] == services.PRO_USER_MONTHLY_NANOUSD + 5_250_000_000
+    assert pools(payer)[AccountKind.INCLUDED] == plans.PRO_USER_MONTHLY_NANOUSD + 5_250_000_000
     granted = services.platform_account(AccountKind.CREDITS_GRANTED)
-    assert granted.balance_nanousd == -(services.PRO_USER_MONTHLY_NANOUSD + 5_250_000_000)
+    assert granted.balance_nanousd == -(plans.PRO_USER_MONTHLY_NANOUSD + 5_250_000_000)
 
 
 def test_granted_credits_are_not_expired_by_the_months_own_grant(staff_client, payer):
@@ -199,7 +201,7 @@ def test_granted_credits_are_not_expired_by_the_months_own_grant(staff_client, p
 
     services.credits_ensure_month(billing_account=payer)  # the hourly job, afterwards
 
-    assert pools(payer)[AccountKind.INCLUDED] == services.PRO_USER_MONTHLY_NANOUSD + USD
+    assert pools(payer)[AccountKind.INCLUDED] == plans.PRO_USER_MONTHLY_NANOUSD + USD
 
 
 def test_topping_up_posts_prepaid_credits_once(staff_client, payer):
@@ -321,7 +323,7 @@ def test_a_form_without_its_submission_id_posts_nothing(staff_client, payer):
 # --- the service behind "Grant credits" ---------------------------------------------------------
 def test_granting_extra_credits_needs_a_reason_and_a_positive_amount(payer):
     for amount, memo, field in [(USD, " ", "memo"), (0, "r", "amount"), (-USD, "r", "amount")]:
-        with pytest.raises(services.ApiError) as refused:
+        with pytest.raises(DomainError) as refused:
             services.credits_grant_extra(
                 billing_account=payer,
                 amount_nanousd=amount,
@@ -343,7 +345,7 @@ def test_granting_extra_credits_twice_with_one_key_posts_once(payer):
 
     assert results[0] is not None
     assert results[1] is None
-    assert pools(payer)[AccountKind.INCLUDED] == services.PRO_USER_MONTHLY_NANOUSD + USD
+    assert pools(payer)[AccountKind.INCLUDED] == plans.PRO_USER_MONTHLY_NANOUSD + USD
 
 
 def test_usage_records_can_be_found_by_payer_name(staff_client):

@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts import plans
 from accounts.models import Role
 from accounts.tests.factories import (
     MembershipFactory,
@@ -104,7 +105,7 @@ def test_a_user_reads_their_own_balances(api_client, world):
         "payg_due_nanousd": 0,
         "month_to_date_spend_nanousd": 3 * USD,
         "spending_limit_nanousd": None,
-        "monthly_included_nanousd": services.PRO_USER_MONTHLY_NANOUSD,
+        "monthly_included_nanousd": plans.PRO_USER_MONTHLY_NANOUSD,
     }
 
 
@@ -138,7 +139,7 @@ def test_a_user_never_charged_reads_zero_balances_and_nothing_is_written(api_cli
     assert response.status_code == 200, response.content
     assert response.json()["name"] == "dave"
     assert response.json()["prepaid_nanousd"] == 0
-    assert response.json()["monthly_included_nanousd"] == services.FREE_USER_MONTHLY_NANOUSD
+    assert response.json()["monthly_included_nanousd"] == plans.FREE_USER_MONTHLY_NANOUSD
     assert not BillingAccount.objects.filter(user=dave).exists()
 
 
@@ -151,7 +152,7 @@ def test_members_of_an_organization_read_its_account(api_client, world, member):
     assert body["name"] == "acme"
     assert body["type"] == "org"
     assert body["spending_limit_nanousd"] == 50 * USD
-    assert body["monthly_included_nanousd"] == 2 * services.ORG_SEAT_MONTHLY_NANOUSD
+    assert body["monthly_included_nanousd"] == 2 * plans.ORG_SEAT_MONTHLY_NANOUSD
 
 
 @pytest.mark.parametrize(

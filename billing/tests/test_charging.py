@@ -5,11 +5,13 @@ from datetime import UTC, datetime
 import pytest
 from django.core.management import call_command
 
+from accounts import plans
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory
 from billing import services
 from billing.models import LedgerTransaction, UsageRecord, UsageState
 from billing.selectors import invariant_violations
 from billing.tests.factories import payer_for_new_user, pending_usage
+from core.errors import DomainError
 from core.testing import run_threads
 from registry.tests.factories import ProviderFactory
 
@@ -70,7 +72,7 @@ def test_a_bill_to_organization_pays_from_its_seats_credits(provider):
         created_at=NOW,
     )
     services.cost_batch_apply(provider=provider, costs={"o1": 1_000_000_000}, now=NOW)
-    assert pools(payer)["included"] == 3 * services.ORG_SEAT_MONTHLY_NANOUSD - 1_000_000_000
+    assert pools(payer)["included"] == 3 * plans.ORG_SEAT_MONTHLY_NANOUSD - 1_000_000_000
     user_account = services.billing_account_for_user(user=member)
     assert pools(user_account) == {"included": 0, "prepaid": 0, "payg": 0}
 
@@ -94,7 +96,7 @@ def test_applying_the_same_batch_twice_charges_once(provider):
     second = services.cost_batch_apply(provider=provider, costs=costs, now=NOW)
     assert (first.billed, second.billed, second.already_done) == (5, 0, 5)
     assert LedgerTransaction.objects.filter(kind="charge").count() == 5
-    assert pools(payer)["included"] == services.PRO_USER_MONTHLY_NANOUSD - sum(costs.values())
+    assert pools(payer)["included"] == plans.PRO_USER_MONTHLY_NANOUSD - sum(costs.values())
     call_command("billing_check")
 
 
@@ -133,7 +135,7 @@ def test_two_concurrent_pollers_applying_the_same_costs_charge_each_request_once
     assert errors == []
     assert sorted(r.billed for r in results) == [0, 200]
     assert UsageRecord.objects.filter(state="billed").count() == 200
-    assert pools(payer)["included"] == services.PRO_USER_MONTHLY_NANOUSD - sum(costs.values())
+    assert pools(payer)["included"] == plans.PRO_USER_MONTHLY_NANOUSD - sum(costs.values())
     assert invariant_violations() == []
 
 
@@ -155,7 +157,7 @@ def test_32_threads_charging_one_account_lose_no_update(provider):
 
     assert errors == []
     total = 32 * 10_000_000
-    expected_payg = -(total - services.FREE_USER_MONTHLY_NANOUSD - 5_000)
+    expected_payg = -(total - plans.FREE_USER_MONTHLY_NANOUSD - 5_000)
     assert pools(payer) == {"included": 0, "prepaid": 0, "payg": expected_payg}
     assert services.provider_payable(provider=provider).balance_nanousd == total
     assert invariant_violations() == []
@@ -174,7 +176,7 @@ def test_a_refund_gives_each_pool_back_what_it_paid_once(provider):
 
     assert refund.kind == "refund"
     assert again is None
-    expected = {"included": services.FREE_USER_MONTHLY_NANOUSD, "prepaid": 0, "payg": 0}
+    expected = {"included": plans.FREE_USER_MONTHLY_NANOUSD, "prepaid": 0, "payg": 0}
     assert pools(payer) == expected
     assert services.provider_payable(provider=provider).balance_nanousd == 0
     record.refresh_from_db()
@@ -186,10 +188,10 @@ def test_a_refund_gives_each_pool_back_what_it_paid_once(provider):
 def test_only_a_charged_request_can_be_refunded_and_a_reason_is_required(provider):
     payer = payer_for_new_user()
     record = pending_usage(provider=provider, payer=payer, request_id="p", created_at=NOW)
-    with pytest.raises(services.ApiError, match="nothing to refund"):
+    with pytest.raises(DomainError, match="nothing to refund"):
         services.charge_refund(usage_record=record, actor="finance", memo="why")
     services.cost_batch_apply(provider=provider, costs={"p": 5}, now=NOW)
     record.refresh_from_db()
-    with pytest.raises(services.ApiError, match="reason"):
+    with pytest.raises(DomainError, match="reason"):
         services.charge_refund(usage_record=record, actor="finance", memo="  ")
     assert LedgerTransaction.objects.filter(kind="refund").count() == 0

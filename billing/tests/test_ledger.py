@@ -5,9 +5,11 @@ from datetime import UTC, datetime
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from accounts import plans
 from billing import services
 from billing.models import AccountKind, LedgerAccount, LedgerEntry, LedgerTransaction
 from billing.tests.factories import payer_for_new_user
+from core.errors import DomainError
 
 pytestmark = pytest.mark.django_db
 
@@ -33,10 +35,10 @@ def test_a_monthly_grant_is_posted_once_and_balances_follow_entries():
     payer = payer_for_new_user(plan="pro")
     assert services.credits_ensure_month(billing_account=payer, now=JAN) is True
     assert services.credits_ensure_month(billing_account=payer, now=JAN) is False
-    assert balances(payer)[AccountKind.INCLUDED] == services.PRO_USER_MONTHLY_NANOUSD
+    assert balances(payer)[AccountKind.INCLUDED] == plans.PRO_USER_MONTHLY_NANOUSD
     granted = services.platform_account(AccountKind.CREDITS_GRANTED)
     granted.refresh_from_db()
-    assert granted.balance_nanousd == -services.PRO_USER_MONTHLY_NANOUSD
+    assert granted.balance_nanousd == -plans.PRO_USER_MONTHLY_NANOUSD
     assert sums_match()
 
 
@@ -44,10 +46,10 @@ def test_unused_included_credits_expire_before_the_next_months_grant():
     payer = payer_for_new_user(plan="free")
     services.credits_ensure_month(billing_account=payer, now=JAN)
     services.credits_ensure_month(billing_account=payer, now=FEB)
-    assert balances(payer)[AccountKind.INCLUDED] == services.FREE_USER_MONTHLY_NANOUSD
+    assert balances(payer)[AccountKind.INCLUDED] == plans.FREE_USER_MONTHLY_NANOUSD
     expired = services.platform_account(AccountKind.CREDITS_EXPIRED)
     expired.refresh_from_db()
-    assert expired.balance_nanousd == services.FREE_USER_MONTHLY_NANOUSD
+    assert expired.balance_nanousd == plans.FREE_USER_MONTHLY_NANOUSD
     kinds = list(
         LedgerTransaction.objects.filter(billing_account=payer)
         .order_by("id")
@@ -114,7 +116,7 @@ def test_the_database_refuses_to_set_a_balance_directly():
 
 def test_an_adjustment_needs_a_reason_and_cannot_make_a_pool_negative():
     payer = payer_for_new_user()
-    with pytest.raises(services.ApiError, match="reason"):
+    with pytest.raises(DomainError, match="reason"):
         services.ledger_adjust(
             billing_account=payer,
             pool="prepaid",
@@ -123,7 +125,7 @@ def test_an_adjustment_needs_a_reason_and_cannot_make_a_pool_negative():
             memo=" ",
             idempotency_key="a",
         )
-    with pytest.raises(services.ApiError, match="below zero"):
+    with pytest.raises(DomainError, match="below zero"):
         services.ledger_adjust(
             billing_account=payer,
             pool="prepaid",

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from accounts import plans
 from accounts.tests.factories import OrganizationFactory, UserFactory
 from billing import services
 from billing.limits import Decision, payer_may_start
@@ -71,7 +72,7 @@ def test_a_free_user_with_included_credits_may_start(provider):
 
 def test_a_free_user_whose_credits_ran_out_exactly_is_refused_with_a_clear_reason(provider):
     payer = user_payer()
-    charge(provider, payer, services.FREE_USER_MONTHLY_NANOUSD, request_id="all")
+    charge(provider, payer, plans.FREE_USER_MONTHLY_NANOUSD, request_id="all")
 
     decision = payer_may_start(billing_account=fresh(payer), now=NOW)
 
@@ -85,7 +86,7 @@ def test_a_free_user_whose_credits_ran_out_exactly_is_refused_with_a_clear_reaso
 
 def test_a_free_user_with_prepaid_credits_may_start_after_the_included_ones_are_spent(provider):
     payer = user_payer()
-    charge(provider, payer, services.FREE_USER_MONTHLY_NANOUSD, request_id="all")
+    charge(provider, payer, plans.FREE_USER_MONTHLY_NANOUSD, request_id="all")
     services.credits_top_up(
         billing_account=payer, amount_nanousd=1, actor="t", idempotency_key="one-nano"
     )
@@ -95,7 +96,7 @@ def test_a_free_user_with_prepaid_credits_may_start_after_the_included_ones_are_
 
 def test_a_debt_blocks_a_free_user_even_with_credits_left(provider):
     payer = user_payer()
-    charge(provider, payer, services.FREE_USER_MONTHLY_NANOUSD + 250_000_000, request_id="big")
+    charge(provider, payer, plans.FREE_USER_MONTHLY_NANOUSD + 250_000_000, request_id="big")
     services.credits_top_up(
         billing_account=payer, amount_nanousd=5 * USD, actor="t", idempotency_key="later"
     )
@@ -109,7 +110,7 @@ def test_a_debt_blocks_a_free_user_even_with_credits_left(provider):
 
 def test_a_settled_debt_no_longer_blocks_a_free_user(provider):
     payer = user_payer()
-    charge(provider, payer, services.FREE_USER_MONTHLY_NANOUSD + 250_000_000, request_id="big")
+    charge(provider, payer, plans.FREE_USER_MONTHLY_NANOUSD + 250_000_000, request_id="big")
     services.credits_top_up(
         billing_account=payer, amount_nanousd=USD, actor="t", idempotency_key="later"
     )
@@ -126,7 +127,7 @@ def test_a_new_free_user_may_start_before_their_first_grant_is_posted():
 
 def test_last_months_spent_credits_do_not_block_a_free_user_in_a_new_month(provider):
     payer = user_payer()
-    charge(provider, payer, services.FREE_USER_MONTHLY_NANOUSD, request_id="feb", now=LAST_MONTH)
+    charge(provider, payer, plans.FREE_USER_MONTHLY_NANOUSD, request_id="feb", now=LAST_MONTH)
     assert payer_may_start(billing_account=fresh(payer), now=LAST_MONTH).allowed is False
 
     assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True

@@ -13,7 +13,7 @@ from billing import services
 from billing.models import AccountKind
 from billing.selectors import invariant_violations
 from billing.tests.factories import payer_for_new_user, pending_usage
-from core.errors import ApiError
+from core.errors import DomainError
 from registry.tests.factories import ProviderFactory
 
 START = datetime(2026, 1, 10, tzinfo=UTC)
@@ -98,7 +98,7 @@ def test_random_money_movements_keep_every_invariant(plan, script):
                     idempotency_key=uuid.uuid4().hex,
                 )
                 model[pool] += amount
-            except ApiError:
+            except DomainError:
                 assert amount == 0 or (pool != "payg" and model[pool] + amount < 0)
         elif kind == "next_month":
             now = (now.replace(day=1) + timedelta(days=32)).replace(day=10)

@@ -12,7 +12,7 @@ from accounts.tests.factories import (
 )
 from billing.models import UsageRecord
 from billing.usage import payer_resolve
-from core.errors import ApiError
+from core.errors import DomainError
 from registry.tests.factories import ProviderFactory
 
 pytestmark = pytest.mark.django_db
@@ -52,9 +52,9 @@ def test_the_payer_is_the_user_or_a_team_organization_they_belong_to(world):
         ("nope", "not a member"),
         ("hobby", "team or enterprise"),
     ):
-        with pytest.raises(ApiError, match=fragment) as excinfo:
+        with pytest.raises(DomainError, match=fragment) as excinfo:
             payer_resolve(user=world["dev"], bill_to=org)
-        assert excinfo.value.status_code == 403
+        assert excinfo.value.http_status == 403
 
 
 def test_a_staff_service_ingests_records_idempotently(api_client, world):

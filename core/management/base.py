@@ -2,15 +2,15 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from core.errors import ApiError
+from core.errors import DomainError
 
 
 class ServiceCommand(BaseCommand):
     def execute(self, *args, **options):
         try:
             return super().execute(*args, **options)
-        except ApiError as exc:
-            raise CommandError(str(exc.detail)) from exc
+        except DomainError as exc:
+            raise CommandError(exc.message) from exc
 
     def say(self, message: str) -> None:
         """Progress and confirmations go to stderr; stdout carries only the command's result."""

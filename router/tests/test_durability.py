@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from accounts import plans
 from accounts.models import AccessToken
 from accounts.tests.factories import MembershipFactory, OrganizationFactory
 from billing import limits, services
@@ -172,7 +173,7 @@ def test_spending_limit_holds_under_50_concurrent_requests(
     services.ledger_adjust(
         billing_account=payer,
         pool="included",
-        amount_nanousd=-services.ORG_SEAT_MONTHLY_NANOUSD,
+        amount_nanousd=-plans.ORG_SEAT_MONTHLY_NANOUSD,
         actor="test",
         memo="use up the included credits",
         idempotency_key=f"drain-{payer.pk}",

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from accounts import plans
 from accounts.models import Role
 from accounts.services import (
     Actor,
@@ -547,7 +548,7 @@ def test_a_free_user_without_credits_gets_a_402(server, sim, catalog):
     user, token = free_user_with_token("free-broke")
     drain_included_credits(
         billing_services.billing_account_for_user(user=user),
-        billing_services.FREE_USER_MONTHLY_NANOUSD,
+        plans.FREE_USER_MONTHLY_NANOUSD,
     )
 
     response = chat(server, token)
@@ -591,7 +592,7 @@ def test_an_org_with_no_credits_and_a_zero_limit_gets_a_402(
     MembershipFactory(user=pro_user, organization=org)
     drain_included_credits(
         billing_services.billing_account_for_organization(organization=org),
-        billing_services.ORG_SEAT_MONTHLY_NANOUSD,
+        plans.ORG_SEAT_MONTHLY_NANOUSD,
     )
 
     response = chat(server, pro_token, headers={"X-HF-Bill-To": org.name})
@@ -640,11 +641,11 @@ def test_pay_as_you_go_payers_without_a_limit_are_served_without_credits(
 ):
     drain_included_credits(
         billing_services.billing_account_for_user(user=pro_user),
-        billing_services.PRO_USER_MONTHLY_NANOUSD,
+        plans.PRO_USER_MONTHLY_NANOUSD,
     )
     drain_included_credits(
         billing_services.billing_account_for_organization(organization=team_org),
-        billing_services.ORG_SEAT_MONTHLY_NANOUSD * team_org.seats,
+        plans.ORG_SEAT_MONTHLY_NANOUSD * team_org.seats,
     )
 
     user_pays = chat(server, pro_token)
@@ -663,7 +664,7 @@ def test_concurrent_requests_cannot_overrun_a_spending_limit(
     MembershipFactory(user=pro_user, organization=org)
     drain_included_credits(
         billing_services.billing_account_for_organization(organization=org),
-        billing_services.ORG_SEAT_MONTHLY_NANOUSD,
+        plans.ORG_SEAT_MONTHLY_NANOUSD,
     )
     set_faults(sim, "groq", latency_ms=1500)  # all are in flight together
     statuses: list[int] = []
@@ -745,7 +746,7 @@ def test_byok_is_served_even_without_credits(server, sim, catalog):
     user, token = free_user_with_token("free-byok")
     drain_included_credits(
         billing_services.billing_account_for_user(user=user),
-        billing_services.FREE_USER_MONTHLY_NANOUSD,
+        plans.FREE_USER_MONTHLY_NANOUSD,
     )
     user_provider_settings_update(user=user, actor=Actor(user=user), keys={"groq": USER_KEY})
     set_faults(sim, "groq", api_key=USER_KEY)
