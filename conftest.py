@@ -7,7 +7,7 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.tests.factories import UserFactory, token_for
-from simulator.testing import running_simulator
+from testsupport.simulator import running_simulator
 
 ADMIN_PASSWORD = "admin-test-password-1"
 

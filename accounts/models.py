@@ -1,4 +1,7 @@
-"""Users, organizations, memberships and access tokens.
+"""Users, organizations, memberships, access tokens and the audit trail of their settings.
+
+Users' custom provider keys (BYOK) reference providers, so they live in `registry`
+(`registry.models.ProviderKey`).
 
 Names follow the Hub's rules (letters, digits, `-`, `_`, `.`; no leading or trailing
 punctuation; at most 96 characters) and are unique case-insensitively, because they become the
@@ -13,7 +16,6 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 
-from core.fields import EncryptedTextField
 from core.ids import object_id
 
 NAME_MAX_LENGTH = 96
@@ -185,35 +187,6 @@ class AccessToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
-
-
-class ProviderKey(models.Model):
-    """A user's own key for one provider (BYOK): the router sends it instead of the platform's,
-    and the request is not charged. Encrypted at rest; only the last 4 characters are shown."""
-
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="provider_keys")
-    provider = models.ForeignKey(
-        "registry.Provider", on_delete=models.CASCADE, related_name="user_keys"
-    )
-    key = EncryptedTextField()
-    last4 = models.CharField(max_length=4, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["user__username", "provider__slug"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["user", "provider"], name="accounts_providerkey_user_provider_unique"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.provider.slug} key of {self.user.username} (…{self.last4})"
-
-    @property
-    def masked(self) -> str:
-        return f"…{self.last4}"  # just "…" for a short key, whose last 4 would say too much
 
 
 class SettingsSource(models.TextChoices):

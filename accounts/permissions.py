@@ -6,32 +6,17 @@
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-from accounts.models import AccessToken, TokenRole
-
-INFERENCE_SERVERLESS_WRITE = "inference.serverless.write"
-
-# Fine-grained permissions a token can carry, with what each allows (shown in the admin).
-FINE_GRAINED_PERMISSIONS = {
-    INFERENCE_SERVERLESS_WRITE: "Make calls to inference providers through the router",
-    "inference.endpoints.infer.write": "Make calls to inference endpoints",
-    "user.billing.read": "Read the user's billing usage",
-    "org.read": "Read organizations the user belongs to",
-    "org.write": "Manage organizations the user administers (including their provider mappings)",
-    "tokens.write": "Create and revoke the user's access tokens",
-    "user.settings.write": (
-        "Change the user's settings: inference provider order and custom provider keys"
-    ),
-}
-# Permissions that only read; a `read` token carries these.
-READ_PERMISSIONS = frozenset({"user.billing.read", "org.read"})
+from accounts import rules
+from accounts.models import AccessToken
+from accounts.rules import (  # noqa: F401 (the permission names live with the rules)
+    FINE_GRAINED_PERMISSIONS,
+    INFERENCE_SERVERLESS_WRITE,
+    READ_PERMISSIONS,
+)
 
 
 def token_allows(token: AccessToken, permission: str) -> bool:
-    if token.role == TokenRole.WRITE:
-        return True
-    if token.role == TokenRole.READ:
-        return permission in READ_PERMISSIONS
-    return permission in token.permissions
+    return rules.token_allows(role=token.role, permissions=token.permissions, permission=permission)
 
 
 def request_token(request) -> AccessToken | None:

@@ -4,11 +4,12 @@ from accounts.models import (
     AccessToken,
     Membership,
     Organization,
-    ProviderKey,
+    Role,
     SettingsChange,
     User,
 )
 from accounts.tokens import token_hash
+from core.errors import DomainError, Kind
 
 
 def access_token_get_by_secret(*, secret: str) -> AccessToken | None:
@@ -37,6 +38,23 @@ def membership_list_for_user(*, user: User) -> QuerySet[Membership]:
 
 def membership_get(*, user: User, organization: Organization) -> Membership | None:
     return Membership.objects.filter(user=user, organization=organization).first()
+
+
+def organization_get_for_admin(*, user: User, name: str) -> Organization:
+    """The organization, if `user` administers it: a not-found error if unknown, a forbidden
+    one otherwise."""
+    org = organization_get(name=name)
+    if org is None:
+        raise DomainError("not_found", f"Organization {name!r} not found.", kind=Kind.NOT_FOUND)
+    membership = membership_get(user=user, organization=org)
+    if membership is None or membership.role != Role.ADMIN:
+        raise DomainError(
+            "permission_denied",
+            f"Only admins of organization {org.name!r} can do this"
+            + (f" (your role is {membership.role!r})." if membership else "."),
+            kind=Kind.FORBIDDEN,
+        )
+    return org
 
 
 def membership_list_for_organization(*, organization: Organization) -> QuerySet[Membership]:
@@ -70,21 +88,6 @@ def organization_disabled_providers(*, organization: Organization) -> frozenset[
     return frozenset(organization.disabled_providers)
 
 
-def user_provider_key(*, user: User, provider_slug: str) -> str | None:
-    """The user's own key for the provider, decrypted; None if not set.
-
-    For the router only, to send to that provider. Never log or return it.
-    """
-    row = ProviderKey.objects.filter(user=user, provider__slug=provider_slug).first()
-    return row.key if row is not None else None
-
-
-def user_provider_key_list(*, user: User) -> QuerySet[ProviderKey]:
-    return (
-        ProviderKey.objects.filter(user=user).select_related("provider").order_by("provider__slug")
-    )
-
-
 def settings_change_list(
     *, user: User | None = None, organization: Organization | None = None
 ) -> QuerySet[SettingsChange]:
@@ -94,19 +97,3 @@ def settings_change_list(
     if organization is not None:
         changes = changes.filter(organization=organization)
     return changes.order_by("-created_at", "-id")
-
-
-# --- raw reads for the router (async psycopg, outside the ORM; see router/store.py) -----------
-ROUTER_CALLER_SQL = """
-SELECT t.id, t.role, t.permissions, t.revoked_at IS NOT NULL, u.id, u.username, u.is_active,
-       u.plan, u.provider_order
-FROM accounts_accesstoken t JOIN accounts_user u ON u.id = t.user_id
-WHERE t.token_hash = %s
-"""
-ROUTER_ORGANIZATIONS_SQL = """
-SELECT o.id, o.name, o.plan, o.seats, o.spending_limit_nanousd, o.disabled_providers
-FROM accounts_membership m JOIN accounts_organization o ON o.id = m.organization_id
-WHERE m.user_id = %s
-"""
-# Keys come back encrypted (`core.fields.decrypt`).
-ROUTER_PROVIDER_KEYS_SQL = "SELECT provider_id, key FROM accounts_providerkey WHERE user_id = %s"

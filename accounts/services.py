@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +19,6 @@ from accounts.models import (
     Membership,
     Organization,
     OrgPlan,
-    ProviderKey,
     Role,
     SettingName,
     SettingsChange,
@@ -33,7 +31,6 @@ from accounts.models import (
 from accounts.permissions import FINE_GRAINED_PERMISSIONS
 from accounts.tokens import DISPLAY_PREFIX_LENGTH, token_generate, token_hash
 from core.errors import DomainError, Kind
-from registry import selectors as registry_selectors
 
 TOKEN_NAME_MAX_LENGTH = 100
 FULLNAME_MAX_LENGTH = 255
@@ -247,23 +244,12 @@ def access_token_touch(*, token: AccessToken) -> None:
     token.last_used_at = now
 
 
-# --- inference-provider settings ------------------------------------------------------------
+# --- settings changes (the audit trail) ------------------------------------------------------
 # A user's provider order and custom keys (BYOK); an organization's spending limit and disabled
-# providers. Every change is one transaction that also appends a `SettingsChange` naming who
-# made it; custom keys are logged masked.
-
-PROVIDER_KEY_MIN_LENGTH = 8
-PROVIDER_KEY_MAX_LENGTH = 1024
-# The last 4 characters are shown only for keys at least this long, so that what is shown
-# stays a small part of the key.
-PROVIDER_KEY_SHOW_LAST4_FROM = 16
-# Keys travel in an HTTP header: printable ASCII, no spaces or control characters (a newline
-# would let a key inject headers into the provider request).
-_PROVIDER_KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
-# Generous upper bound for a list of provider slugs (there are a few dozen providers).
-PROVIDER_LIST_MAX_LENGTH = 200
-# 10^9 USD: far above any real limit, far below BigInteger's range.
-SPENDING_LIMIT_MAX_NANOUSD = 10**18
+# providers. The services that validate and write them live with what they reference
+# (`registry.services`: provider slugs, provider keys); each change is one transaction that
+# locks the subject row (`user_lock`, `organization_lock`) and appends a `SettingsChange`
+# naming who made it (`settings_change_record`); custom keys are logged masked.
 
 
 @dataclass(frozen=True)
@@ -278,10 +264,21 @@ class Actor:
         return self.user.username if self.user is not None else "system"
 
 
-def _record_change(
-    actor: Actor, *, setting: str, old, new, user=None, organization=None, target: str = ""
-) -> None:
-    SettingsChange.objects.create(
+def settings_change_record(
+    *,
+    actor: Actor,
+    setting: str,
+    before: Any,
+    after: Any,
+    user: User | None = None,
+    organization: Organization | None = None,
+    target: str = "",
+) -> SettingsChange:
+    """Appends one entry to the settings history of `user` or `organization` (exactly one)."""
+    _validate_choice(setting, SettingName.values, field="setting")
+    if (user is None) == (organization is None):
+        raise ValueError("a settings change has exactly one subject: a user or an organization")
+    return SettingsChange.objects.create(
         actor=actor.user,
         actor_name=actor.name,
         source=actor.source,
@@ -289,189 +286,86 @@ def _record_change(
         organization=organization,
         setting=setting,
         target=target,
-        old_value=old,
-        new_value=new,
+        old_value=before,
+        new_value=after,
     )
 
 
-def provider_slugs_clean(value, *, field: str) -> list[str]:
-    """A list of existing provider slugs without repeats, or a 400 naming `field`."""
-    if not isinstance(value, list | tuple):
-        raise DomainError(
-            "validation_error", f"{field} must be a list of provider names.", field=field
-        )
-    if len(value) > PROVIDER_LIST_MAX_LENGTH:
-        raise DomainError(
-            "validation_error",
-            f"{field} has more than {PROVIDER_LIST_MAX_LENGTH} entries.",
-            field=field,
-        )
-    seen: set[str] = set()
-    for index, slug in enumerate(value):
-        if not isinstance(slug, str) or not slug:
-            raise DomainError(
-                "validation_error",
-                f"{field}[{index}] must be a provider name (a non-empty string).",
-                field=field,
-            )
-        if slug in seen:
-            raise DomainError(
-                "validation_error", f"{field} names {slug!r} more than once.", field=field
-            )
-        seen.add(slug)
-    unknown = sorted(seen - registry_selectors.provider_slugs_existing(slugs=seen))
-    if unknown:
-        raise DomainError(
-            "validation_error",
-            f"{field} names unknown provider(s): {', '.join(map(repr, unknown))}.",
-            field=field,
-        )
-    return list(value)
+def user_lock(*, user: User) -> User:
+    """The user's row, locked until the transaction ends: serializes settings changes of one
+    user, so the audit trail's old values are exact. Call inside a transaction."""
+    return User.objects.select_for_update().get(pk=user.pk)
 
 
-def provider_key_clean(value, *, field: str) -> str:
-    if not isinstance(value, str):
-        raise DomainError("validation_error", f"{field} must be a string.", field=field)
-    if not value:
-        raise DomainError("validation_error", f"{field} must not be empty.", field=field)
-    if len(value) < PROVIDER_KEY_MIN_LENGTH:
+def organization_lock(*, organization: Organization) -> Organization:
+    """The organization's row, locked until the transaction ends (see `user_lock`)."""
+    return Organization.objects.select_for_update().get(pk=organization.pk)
+
+
+# 10^9 USD: far above any real limit, far below BigInteger's range.
+SPENDING_LIMIT_MAX_NANOUSD = 10**18
+UNSET: Any = object()
+
+
+def user_provider_order_set(*, user: User, actor: Actor, order: list[str]) -> None:
+    """Replaces the user's provider order and records the change (nothing if unchanged).
+
+    `order` must already be validated against the providers (`registry.services.
+    user_provider_settings_update` does it). Call inside a transaction."""
+    locked = user_lock(user=user)
+    if list(locked.provider_order) == order:
+        return
+    settings_change_record(
+        actor=actor, setting=SettingName.PROVIDER_ORDER, user=locked,
+        before=list(locked.provider_order), after=order,
+    )  # fmt: skip
+    User.objects.filter(pk=user.pk).update(provider_order=order)
+    user.provider_order = order
+
+
+def spending_limit_clean(value: int | None, *, field: str = "spendingLimit") -> int | None:
+    """A monthly spending limit in nano-USD (None: no limit), or a 400 naming `field`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DomainError("validation_error", f"{field} must be a number of USD.", field=field)
+    if value < 0:
+        raise DomainError("validation_error", f"{field} must not be negative.", field=field)
+    if value > SPENDING_LIMIT_MAX_NANOUSD:
         raise DomainError(
             "validation_error",
-            f"{field} is shorter than {PROVIDER_KEY_MIN_LENGTH} characters: not a provider key.",
-            field=field,
-        )
-    if len(value) > PROVIDER_KEY_MAX_LENGTH:
-        raise DomainError(
-            "validation_error",
-            f"{field} is longer than {PROVIDER_KEY_MAX_LENGTH} characters.",
-            field=field,
-        )
-    if not _PROVIDER_KEY_RE.match(value):
-        raise DomainError(
-            "validation_error",
-            f"{field} may only contain printable ASCII characters without spaces.",
+            f"{field} must be at most {SPENDING_LIMIT_MAX_NANOUSD // 10**9} USD.",
             field=field,
         )
     return value
 
 
-def _lock_user(user: User) -> User:
-    """Serializes settings changes of one user, so the audit trail's old values are exact."""
-    return User.objects.select_for_update().get(pk=user.pk)
-
-
-@transaction.atomic
-def user_provider_settings_update(
-    *,
-    user: User,
-    actor: Actor,
-    order: Sequence[str] | None = None,
-    keys: dict[str, str] | None = None,
-) -> None:
-    """Replaces the user's provider order (if given) and sets or replaces the custom keys
-    named in `keys` (other keys are kept). All or nothing: one bad value changes nothing."""
-    if order is not None:
-        order = provider_slugs_clean(order, field="order")
-    if keys is not None:
-        if not isinstance(keys, dict):
-            raise DomainError(
-                "validation_error", "keys must be an object of provider name to key.", field="keys"
-            )
-        provider_slugs_clean(list(keys), field="keys")
-        keys = {slug: provider_key_clean(key, field=f"keys.{slug}") for slug, key in keys.items()}
-    locked = _lock_user(user)
-    if order is not None and list(locked.provider_order) != order:
-        _record_change(
-            actor, setting=SettingName.PROVIDER_ORDER, user=locked,
-            old=list(locked.provider_order), new=order,
-        )  # fmt: skip
-        User.objects.filter(pk=user.pk).update(provider_order=order)
-        user.provider_order = order
-    if keys:
-        providers = registry_selectors.provider_map(slugs=keys)
-        existing = {k.provider_id: k for k in ProviderKey.objects.filter(user=locked)}
-        for slug, key in keys.items():
-            provider = providers[slug]
-            current = existing.get(provider.pk)
-            if current is not None and current.key == key:
-                continue
-            last4 = key[-4:] if len(key) >= PROVIDER_KEY_SHOW_LAST4_FROM else ""
-            new = ProviderKey(user=locked, provider=provider, key=key, last4=last4)
-            if current is not None:
-                new.pk, new.created_at = current.pk, current.created_at
-            new.save()
-            _record_change(
-                actor, setting=SettingName.PROVIDER_KEY, user=locked, target=slug,
-                old=current and current.masked, new=new.masked,
-            )  # fmt: skip
-
-
-@transaction.atomic
-def user_provider_key_delete(*, user: User, provider_slug: str, actor: Actor) -> bool:
-    """Removes the user's key for the provider; False if there was none."""
-    locked = _lock_user(user)
-    key = (
-        ProviderKey.objects.filter(user=locked, provider__slug=provider_slug)
-        .select_related("provider")
-        .first()
-    )
-    if key is None:
-        return False
-    key.delete()
-    _record_change(
-        actor, setting=SettingName.PROVIDER_KEY, user=locked, target=provider_slug,
-        old=key.masked, new=None,
-    )  # fmt: skip
-    return True
-
-
-_UNSET: Any = object()
-
-
-@transaction.atomic
-def organization_provider_settings_update(
+def organization_provider_settings_set(
     *,
     organization: Organization,
     actor: Actor,
-    spending_limit_nanousd: int | None = _UNSET,
-    disabled_providers: Sequence[str] | None = None,
+    spending_limit_nanousd: int | None = UNSET,
+    disabled_providers: list[str] | None = None,
 ) -> Organization:
-    """Sets the monthly spending limit (None: no limit) and/or replaces the set of disabled
-    providers; arguments left out are unchanged."""
+    """Writes the organization's spending limit and/or disabled providers, recording each
+    change; arguments left out are unchanged. Values must already be clean
+    (`spending_limit_clean`; `disabled_providers` sorted and validated against the providers by
+    `registry.services.organization_provider_settings_update`). Call inside a transaction."""
     updates: dict[str, Any] = {}
-    if spending_limit_nanousd is not _UNSET and spending_limit_nanousd is not None:
-        if isinstance(spending_limit_nanousd, bool) or not isinstance(spending_limit_nanousd, int):
-            raise DomainError(
-                "validation_error", "spendingLimit must be a number of USD.", field="spendingLimit"
-            )
-        if spending_limit_nanousd < 0:
-            raise DomainError(
-                "validation_error", "spendingLimit must not be negative.", field="spendingLimit"
-            )
-        if spending_limit_nanousd > SPENDING_LIMIT_MAX_NANOUSD:
-            raise DomainError(
-                "validation_error",
-                f"spendingLimit must be at most {SPENDING_LIMIT_MAX_NANOUSD // 10**9} USD.",
-                field="spendingLimit",
-            )
-    if disabled_providers is not None:
-        disabled_providers = sorted(
-            provider_slugs_clean(disabled_providers, field="disabledProviders")
-        )
-    locked = Organization.objects.select_for_update().get(pk=organization.pk)
+    locked = organization_lock(organization=organization)
     if (
-        spending_limit_nanousd is not _UNSET
+        spending_limit_nanousd is not UNSET
         and spending_limit_nanousd != locked.spending_limit_nanousd
     ):
-        _record_change(
-            actor, setting=SettingName.SPENDING_LIMIT, organization=locked,
-            old=locked.spending_limit_nanousd, new=spending_limit_nanousd,
+        settings_change_record(
+            actor=actor, setting=SettingName.SPENDING_LIMIT, organization=locked,
+            before=locked.spending_limit_nanousd, after=spending_limit_nanousd,
         )  # fmt: skip
         updates["spending_limit_nanousd"] = spending_limit_nanousd
     if disabled_providers is not None and disabled_providers != sorted(locked.disabled_providers):
-        _record_change(
-            actor, setting=SettingName.DISABLED_PROVIDERS, organization=locked,
-            old=sorted(locked.disabled_providers), new=disabled_providers,
+        settings_change_record(
+            actor=actor, setting=SettingName.DISABLED_PROVIDERS, organization=locked,
+            before=sorted(locked.disabled_providers), after=disabled_providers,
         )  # fmt: skip
         updates["disabled_providers"] = disabled_providers
     if updates:
@@ -479,10 +373,3 @@ def organization_provider_settings_update(
         for name, value in updates.items():
             setattr(organization, name, value)
     return organization
-
-
-# The router's `access_token_touch`, for many tokens at once (async, in its group commit).
-ROUTER_TOKENS_TOUCH_SQL = """
-UPDATE accounts_accesstoken SET last_used_at = %s
-WHERE id = ANY(%s) AND (last_used_at IS NULL OR last_used_at < %s)
-"""

@@ -52,7 +52,7 @@ from billing.models import (
 from billing.selectors import invariant_violations
 from registry.models import Provider
 from simulator.costs import cost_nanousd
-from simulator.testing import running_simulator
+from testsupport.simulator import running_simulator
 
 RECORDS = int(os.environ.get("BENCH_RECORDS", "1000000"))
 PAYERS = 10_000
@@ -225,7 +225,7 @@ def main() -> int:
             api_key=f"sim-{slug}-key",
         )
         seed(provider)
-        payable = services.provider_payable(provider=provider).pk
+        payable = services.provider_payable_get_or_create(provider=provider).pk
         # Grants are posted lazily on first charge; make them up front so every measurement
         # does the same work.
         services.credits_ensure_month_many(

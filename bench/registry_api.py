@@ -35,6 +35,7 @@ from django.db import connection
 
 from accounts.models import Organization, OrgPlan
 from registry.models import HubModel, Mapping, MappingStatus, MappingType, Provider
+from testsupport.net import free_port
 
 MODELS = 50_000
 PROVIDERS = 10
@@ -258,11 +259,7 @@ def main() -> int:
     sql_partner = time_sql(PARTNER_SQL, [(big_provider,)] * PARTNER_REQUESTS)
     partner_rows = Mapping.objects.filter(provider__slug=big_provider).count()
 
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = start_server(port)
     try:
         http_load(port, lookup_paths[:300], 8)  # warm-up: connections, caches

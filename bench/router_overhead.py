@@ -42,6 +42,7 @@ from accounts.models import Organization, OrgPlan
 from accounts.tests.factories import UserFactory, token_for
 from billing.models import UsageRecord
 from registry.models import HubModel, Mapping, MappingStatus, Provider
+from testsupport.net import free_port
 
 SERVER = os.environ.get("BENCH_SERVER", "uvicorn")
 WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "1"))
@@ -54,12 +55,6 @@ SLUG = "bench"
 GOAL_ADDED_P50_MS = 3.0
 GOAL_RPS_C32 = 1000.0
 GOAL_FIRST_CHUNK_MS = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, name: str) -> None:

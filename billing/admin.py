@@ -356,7 +356,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
         def post(*, account, data, actor, key):
             if data["pool"] == AccountKind.INCLUDED:
                 # Else this month's grant, if still to come, would expire the adjustment.
-                services.credits_ensure_month(billing_account=account)
+                services.credits_grant_month_due(billing_accounts=[account])
             return services.ledger_adjust(
                 billing_account=account,
                 pool=data["pool"],

@@ -20,9 +20,10 @@ from rest_framework.views import APIView
 from accounts import selectors as accounts_selectors
 from accounts.models import TokenRole
 from accounts.permissions import request_token, token_permission
-from billing import selectors, usage
+from billing import selectors
 from billing.models import BillingAccount, LedgerTransaction, UsageRecord, UsageState
 from billing.pagination import NewestFirstPagination
+from billing.services import usage
 from core.errors import DomainError, Kind
 from core.serializers import StrictSerializer
 from registry import selectors as registry_selectors

@@ -3,6 +3,11 @@
 A charge for a request already served is never refused, so limits are enforced here, before
 routing; a refusal becomes a 402 whose message is `Decision.reason`.
 
+This module holds the rule (`decide`, from a payer's `PayerTerms` and `PayerState`), the
+statements that read a payer's state, and the housekeeping of reservations. The router's
+check-and-reserve, on its async connection, is `billing.aio.payer_reserve`; `payer_may_start`
+is the same check for synchronous callers.
+
 Rules:
 - Payers without pay-as-you-go (free users, free organizations) may start a request only while
   included + prepaid credits > 0 and they owe nothing (payg >= 0): a debt blocks them.
@@ -31,14 +36,16 @@ Cost: one SQL statement, plus loading the payer's owner if it was not loaded wit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
 from accounts import plans
-from billing.models import BillingAccount, InFlight
+from billing.models import AccountKind, BillingAccount, InFlight, TransactionKind, UsageState
 from billing.selectors import month_bounds
 from core.money import format_usd
 
@@ -55,44 +62,40 @@ class Decision:
     code: str
 
 
-# Balances of the payer's pools, and whether this month's grant was posted.
-_BALANCES_SQL = """
+# Balances of the payer's pools, and whether this month's grant was posted (columns by name:
+# `PayerState` is built from them). Enum values are parameters (`state_params`).
+BALANCES_SQL = """
 SELECT
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = 'included'), 0)::bigint,
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = 'prepaid'), 0)::bigint,
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = 'payg'), 0)::bigint,
+    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(included)s), 0)::bigint AS included,
+    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(prepaid)s), 0)::bigint AS prepaid,
+    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(payg)s), 0)::bigint AS payg,
     EXISTS (SELECT 1 FROM billing_ledgertransaction WHERE idempotency_key = %(grant_key)s)
+        AS granted
 FROM billing_ledgeraccount a WHERE a.billing_account_id = %(payer)s
 """
 # The same, plus this month's pay-as-you-go spend and the pending estimates.
-_BALANCES_SPEND_SQL = """
+BALANCES_SPEND_SQL = """
 SELECT
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = 'included'), 0)::bigint,
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = 'prepaid'), 0)::bigint,
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = 'payg'), 0)::bigint,
-    EXISTS (SELECT 1 FROM billing_ledgertransaction WHERE idempotency_key = %(grant_key)s),
+    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(included)s), 0)::bigint AS included,
+    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(prepaid)s), 0)::bigint AS prepaid,
+    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(payg)s), 0)::bigint AS payg,
+    EXISTS (SELECT 1 FROM billing_ledgertransaction WHERE idempotency_key = %(grant_key)s)
+        AS granted,
     (SELECT coalesce(-sum(e.amount_nanousd), 0)::bigint
        FROM billing_ledgertransaction t
        JOIN billing_ledgerentry e ON e.transaction_id = t.id
        JOIN billing_ledgeraccount p ON p.id = e.account_id
-      WHERE t.billing_account_id = %(payer)s AND t.kind = 'charge'
+      WHERE t.billing_account_id = %(payer)s AND t.kind = %(charge)s
         AND t.created_at >= %(start)s AND t.created_at < %(end)s
-        AND p.billing_account_id = %(payer)s AND p.kind = 'payg' AND e.amount_nanousd < 0),
+        AND p.billing_account_id = %(payer)s AND p.kind = %(payg)s AND e.amount_nanousd < 0)
+        AS payg_spend,
     (SELECT coalesce(sum(u.estimated_cost_nanousd), 0)::bigint
-       FROM billing_usagerecord u WHERE u.payer_id = %(payer)s AND u.state = 'pending')
+       FROM billing_usagerecord u WHERE u.payer_id = %(payer)s AND u.state = %(pending)s)
     + (SELECT coalesce(sum(f.estimated_cost_nanousd), 0)::bigint
        FROM billing_inflight f WHERE f.payer_id = %(payer)s AND f.expires_at > %(now)s)
+        AS pending
 FROM billing_ledgeraccount a WHERE a.billing_account_id = %(payer)s
 """
-# Serializes limit checks of one payer, so that reservations see each other.
-_LOCK_PAYER_SQL = "SELECT id FROM billing_billingaccount WHERE id = %(payer)s FOR UPDATE"
-_RESERVE_SQL = """
-INSERT INTO billing_inflight (payer_id, estimated_cost_nanousd, created_at, expires_at)
-VALUES (%(payer)s, %(estimate)s, %(now)s, %(expires)s) RETURNING id
-"""
-RELEASE_SQL = "DELETE FROM billing_inflight WHERE id = ANY(%s)"
-# A request still in flight after this long no longer counts (its router probably died).
-IN_FLIGHT_TTL = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class PayerState:
         return max(self.included_nanousd, 0) + max(self.prepaid_nanousd, 0)
 
 
-def _state_params(payer_id: int, now: datetime) -> dict:
+def state_params(payer_id: int, now: datetime) -> dict:
+    """The parameters of `BALANCES_SQL` and `BALANCES_SPEND_SQL`."""
     start, end = month_bounds(now)
     return {
         "payer": payer_id,
@@ -116,6 +120,11 @@ def _state_params(payer_id: int, now: datetime) -> dict:
         "start": start,
         "end": end,
         "now": now,
+        "included": AccountKind.INCLUDED,
+        "prepaid": AccountKind.PREPAID,
+        "payg": AccountKind.PAYG,
+        "charge": TransactionKind.CHARGE,
+        "pending": UsageState.PENDING,
     }
 
 
@@ -183,17 +192,14 @@ def payer_terms(*, billing_account: BillingAccount) -> PayerTerms:
     return terms_for(payer_id=billing_account.pk, user_name=user.username, user_plan=user.plan)
 
 
-def _state_from_row(terms: PayerTerms, row, *, with_spend: bool) -> PayerState:
-    included, prepaid, payg, granted, *rest = row
-    if not granted:
-        included = terms.monthly_credit_nanousd
-    spend, pending = rest if with_spend else (0, 0)
+def state_from_row(terms: PayerTerms, row: Mapping[str, Any]) -> PayerState:
+    """A `PayerState` from a row of `BALANCES_SQL` or `BALANCES_SPEND_SQL`, by column name."""
     return PayerState(
-        included_nanousd=included,
-        prepaid_nanousd=prepaid,
-        payg_nanousd=payg,
-        payg_spend_nanousd=spend,
-        pending_nanousd=pending,
+        included_nanousd=row["included"] if row["granted"] else terms.monthly_credit_nanousd,
+        prepaid_nanousd=row["prepaid"],
+        payg_nanousd=row["payg"],
+        payg_spend_nanousd=row.get("payg_spend", 0),
+        pending_nanousd=row.get("pending", 0),
     )
 
 
@@ -204,11 +210,12 @@ def payer_state(
     terms = payer_terms(billing_account=billing_account)
     with connection.cursor() as cursor:
         cursor.execute(
-            _BALANCES_SPEND_SQL if with_spend else _BALANCES_SQL,
-            _state_params(billing_account.pk, now),
+            BALANCES_SPEND_SQL if with_spend else BALANCES_SQL,
+            state_params(billing_account.pk, now),
         )
-        row = cursor.fetchone()
-    return _state_from_row(terms, row, with_spend=with_spend)
+        names = [column.name for column in cursor.description]
+        row = dict(zip(names, cursor.fetchone(), strict=True))
+    return state_from_row(terms, row)
 
 
 def decide(terms: PayerTerms, state: PayerState | None) -> Decision:
@@ -260,36 +267,6 @@ def payer_may_start(*, billing_account: BillingAccount, now: datetime | None = N
         with_spend=terms.limit_nanousd is not None,
     )
     return decide(terms, state)
-
-
-async def payer_reserve(
-    conn, *, terms: PayerTerms, estimate_nanousd: int, now: datetime
-) -> tuple[Decision, int | None]:
-    """The router's check, on an async psycopg connection: the decision and, for a payer with
-    a spending limit, the id of the in-flight reservation of `estimate_nanousd` it holds
-    (release it with RELEASE_SQL in the transaction that records the usage).
-
-    A payer with a limit is locked for the check, so concurrent requests are decided one after
-    the other and each sees the reservations of the ones before it: the limit can be passed by
-    at most one request's cost (the last one allowed)."""
-    if terms.always_allowed:
-        return decide(terms, None), None
-    with_spend = terms.limit_nanousd is not None
-    params = _state_params(terms.payer_id, now)
-    async with conn.transaction():
-        if with_spend:
-            await conn.execute(_LOCK_PAYER_SQL, params)
-        cursor = await conn.execute(_BALANCES_SPEND_SQL if with_spend else _BALANCES_SQL, params)
-        state = _state_from_row(terms, await cursor.fetchone(), with_spend=with_spend)
-        decision = decide(terms, state)
-        if not (decision.allowed and with_spend):
-            return decision, None
-        cursor = await conn.execute(
-            _RESERVE_SQL,
-            {**params, "estimate": max(estimate_nanousd, 0), "expires": now + IN_FLIGHT_TTL},
-        )
-        (reservation_id,) = await cursor.fetchone()
-    return decision, reservation_id
 
 
 def in_flight_expired_delete(*, now: datetime | None = None) -> int:

@@ -250,13 +250,15 @@ class UsageRecord(models.Model):
             # The poller's queue: pending records of a provider, oldest first.
             models.Index(
                 fields=["provider", "created_at", "id"],
-                condition=Q(state="pending"),
+                condition=Q(state=UsageState.PENDING),
                 name="billing_usage_pending",
             ),
             models.Index(fields=["payer", "created_at"], name="billing_usage_payer"),
             # The pending estimates of a payer, read by the limits check before every request.
             models.Index(
-                fields=["payer"], condition=Q(state="pending"), name="billing_usage_payer_pending"
+                fields=["payer"],
+                condition=Q(state=UsageState.PENDING),
+                name="billing_usage_payer_pending",
             ),
         ]
         constraints = [

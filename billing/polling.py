@@ -12,7 +12,8 @@ Wire format (partner docs, "4. Billing"): POST the provider's cost URL with its 
 - a timeout, a non-2xx answer, a body that is not the expected JSON, or a body over
   RESPONSE_BYTES_MAX changes nothing and is recorded as the provider's billing health.
 A record with no cost `FAILED_TO_BILL_AFTER` after its request becomes `failed_to_bill` and is
-never charged. Each batch is applied by `services.cost_batch_apply` (one transaction).
+never charged. Each batch is applied by `services.cost_batch_apply` (its own transaction,
+committed before the next batch is asked for).
 """
 
 from __future__ import annotations
@@ -174,15 +175,21 @@ def _next_batch(
     """
     sql = (
         "SELECT created_at, id, request_id FROM billing_usagerecord "
-        "WHERE provider_id = %s AND state = 'pending' AND created_at <= %s "
+        "WHERE provider_id = %(provider)s AND state = %(pending)s "
+        "AND created_at <= %(ready_before)s "
     )
-    params: list = [provider.pk, ready_before]
+    params = {
+        "provider": provider.pk,
+        "pending": UsageState.PENDING,
+        "ready_before": ready_before,
+        "size": size,
+    }
     if after:
-        sql += "AND (created_at, id) > (%s, %s) "
-        params += list(after)
-    sql += "ORDER BY created_at, id LIMIT %s"
+        sql += "AND (created_at, id) > (%(after_created_at)s, %(after_id)s) "
+        params.update(after_created_at=after[0], after_id=after[1])
+    sql += "ORDER BY created_at, id LIMIT %(size)s"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, size])
+        cursor.execute(sql, params)
         return cursor.fetchall()
 
 
@@ -252,10 +259,3 @@ def _mark_invalid(provider: Provider, invalid: dict[str, str]) -> None:
             UsageRecord.objects.filter(
                 provider=provider, request_id__in=ids, state=UsageState.PENDING
             ).update(cost_error=reason[:300], cost_attempts=F("cost_attempts") + 1)
-
-
-def cost_poll_all(*, now: datetime | None = None) -> dict[str, PollResult]:
-    return {
-        p.slug: cost_poll_provider(provider=p, now=now)
-        for p in Provider.objects.filter(state="active").exclude(cost_url="")
-    }

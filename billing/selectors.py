@@ -8,6 +8,7 @@ from django.db import connection
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
+from accounts import plans
 from accounts import selectors as accounts_selectors
 from accounts.models import Role, User
 from billing.models import (
@@ -18,10 +19,11 @@ from billing.models import (
     LedgerTransaction,
     TransactionKind,
     UsageRecord,
+    UsageState,
 )
-from billing.services import monthly_credit_nanousd
 
-# Each check: (name, SQL returning offending rows as (id, detail)).
+# Each check: (name, SQL returning offending rows as (id, detail)); enum values are the
+# parameters of `_INVARIANT_PARAMS`.
 INVARIANTS = [
     (
         "transaction does not sum to zero",
@@ -38,29 +40,38 @@ INVARIANTS = [
     (
         "included or prepaid pool below zero",
         "SELECT id, balance_nanousd::text FROM billing_ledgeraccount "
-        "WHERE kind IN ('included', 'prepaid') AND balance_nanousd < 0",
+        "WHERE kind IN (%(included)s, %(prepaid)s) AND balance_nanousd < 0",
     ),
     (
         "billed usage record without exactly one charge of its cost",
         "SELECT u.id, coalesce(u.cost_nanousd::text, 'no cost') FROM billing_usagerecord u "
-        "LEFT JOIN billing_ledgertransaction t ON t.id = u.charge_id AND t.kind = 'charge' "
-        "WHERE u.state = 'billed' AND (t.id IS NULL OR u.cost_nanousd <> ("
+        "LEFT JOIN billing_ledgertransaction t ON t.id = u.charge_id AND t.kind = %(charge)s "
+        "WHERE u.state = %(billed)s AND (t.id IS NULL OR u.cost_nanousd <> ("
         " SELECT coalesce(sum(e.amount_nanousd), 0) FROM billing_ledgerentry e "
         " JOIN billing_ledgeraccount a ON a.id = e.account_id "
-        " WHERE e.transaction_id = t.id AND a.kind = 'provider_payable'))",
+        " WHERE e.transaction_id = t.id AND a.kind = %(provider_payable)s))",
     ),
     (
         "charge transaction not linked to exactly one usage record",
         "SELECT t.id, t.idempotency_key FROM billing_ledgertransaction t "
         "LEFT JOIN billing_usagerecord u ON u.charge_id = t.id "
-        "WHERE t.kind = 'charge' AND u.id IS NULL",
+        "WHERE t.kind = %(charge)s AND u.id IS NULL",
     ),
     (
         "usage record charged although not billed",
-        "SELECT id, state FROM billing_usagerecord WHERE state <> 'billed' "
+        "SELECT id, state FROM billing_usagerecord WHERE state <> %(billed)s "
         "AND charge_id IS NOT NULL",
     ),
 ]
+
+
+_INVARIANT_PARAMS = {
+    "included": AccountKind.INCLUDED,
+    "prepaid": AccountKind.PREPAID,
+    "provider_payable": AccountKind.PROVIDER_PAYABLE,
+    "charge": TransactionKind.CHARGE,
+    "billed": UsageState.BILLED,
+}
 
 
 def invariant_violations() -> list[tuple[str, object, str]]:
@@ -68,7 +79,7 @@ def invariant_violations() -> list[tuple[str, object, str]]:
     found = []
     with connection.cursor() as cursor:
         for name, sql in INVARIANTS:
-            cursor.execute(sql)
+            cursor.execute(sql, _INVARIANT_PARAMS)
             found += [(name, row[0], row[1]) for row in cursor.fetchall()]
     return found
 
@@ -79,6 +90,14 @@ def balances_of(billing_account: BillingAccount) -> dict[str, int]:
         kind: next((a.balance_nanousd for a in pools if a.kind == kind), 0)
         for kind in (AccountKind.INCLUDED, AccountKind.PREPAID, AccountKind.PAYG)
     }
+
+
+def monthly_credit_nanousd_get(*, billing_account: BillingAccount) -> int:
+    """The payer's included credits per month, from its owner's plan (`accounts.plans`)."""
+    if billing_account.user_id:
+        return plans.monthly_credit_nanousd(user_plan_name=billing_account.user.plan)
+    org = billing_account.organization
+    return plans.monthly_credit_nanousd(org_plan_name=org.plan, seats=org.seats)
 
 
 def month_bounds(now: datetime) -> tuple[datetime, datetime]:
@@ -147,7 +166,7 @@ def account_summary(*, billing_account: BillingAccount, now: datetime | None = N
             billing_account=billing_account, start=start, end=end
         ),
         "spending_limit_nanousd": org.spending_limit_nanousd if org else None,
-        "monthly_included_nanousd": monthly_credit_nanousd(billing_account),
+        "monthly_included_nanousd": monthly_credit_nanousd_get(billing_account=billing_account),
     }
 
 
@@ -188,11 +207,3 @@ def usage_record_list_visible(*, viewer: User) -> QuerySet[UsageRecord]:
         .select_related("provider", "user", "payer__user", "payer__organization")
         .order_by("-created_at", "-id")
     )
-
-
-# The router's payer lookup (async, outside the ORM); it creates a missing account with
-# `services.billing_account_for_user` / `_for_organization`.
-ROUTER_PAYER_SQL = {
-    "user": "SELECT id FROM billing_billingaccount WHERE user_id = %s",
-    "org": "SELECT id FROM billing_billingaccount WHERE organization_id = %s",
-}

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "registry",
     "billing",
     "router",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -60,6 +61,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+# Paths whose Django-level errors (400, 403, 404, 500) are JSON, not HTML pages (core.errors);
+# unknown `/v1/` paths get the router's OpenAI-shaped 404 (router.views.unknown_path).
+JSON_ERROR_PATH_PREFIXES = ("/api/", "/v1/")
 ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = "config.wsgi.application"
 

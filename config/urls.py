@@ -16,8 +16,10 @@ urlpatterns = [
     path("api/billing/", include("billing.urls")),
     path("v1/models", router_views.model_list, name="router-models"),
     path("v1/models/<path:model_id>", router_views.model_detail, name="router-model"),
-    # Last: any other API path is a JSON 404, in DEBUG too (Django's debug page is HTML).
-    re_path(r"^(?:api|v1)/", api_not_found),
+    # Last: any other API path is a JSON 404, in DEBUG too (Django's debug page is HTML): in
+    # OpenAI's shape under /v1/ (the router's clients parse it), in the Hub's under /api/.
+    re_path(r"^v1/", router_views.unknown_path),
+    re_path(r"^api/", api_not_found),
 ]
 
 handler400 = "core.errors.handler400"

@@ -5,11 +5,11 @@
 
 `error` is a plain string because that is what the Hub returns and what `huggingface_hub`
 (`hf_raise_for_status`) and `@huggingface/inference` print. `error_type` is stable for
-programs. The OpenAI-compatible router (`/v1/...`) uses OpenAI's shape instead, which its
-clients require: `{"error": {"message", "type", "code"}}` (see `router`).
+programs. Other transports render the same `DomainError` in their own shape (they own it).
 
 Every error, including 404 for an unknown URL and an unexpected exception, is rendered this
-way on API paths; the admin keeps Django's HTML pages.
+way on JSON paths (`settings.JSON_ERROR_PATH_PREFIXES`, `/api/` by default); the admin keeps
+Django's HTML pages.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views import defaults
@@ -26,7 +27,7 @@ from rest_framework.views import exception_handler
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api/", "/v1/")
+DEFAULT_JSON_ERROR_PATH_PREFIXES = ("/api/",)
 
 
 class Kind(StrEnum):
@@ -158,7 +159,9 @@ def _domain_response(exc: DomainError) -> Response:
 
 
 def is_api_path(request: HttpRequest) -> bool:
-    return request.path.startswith(API_PREFIXES)
+    """A path whose errors are JSON: `/api/`, plus what the project adds in its settings."""
+    prefixes = getattr(settings, "JSON_ERROR_PATH_PREFIXES", DEFAULT_JSON_ERROR_PATH_PREFIXES)
+    return request.path.startswith(tuple(prefixes))
 
 
 def json_error(status: int, message: str, error_type: str) -> JsonResponse:
@@ -179,10 +182,6 @@ def handler403(request, exception=None):
 
 
 def api_not_found(request, *args, **kwargs):
-    if request.path.startswith("/v1/"):  # the router's clients expect OpenAI's error shape
-        body = {"error": {"message": f"No endpoint at {request.path}.",
-                          "type": "not_found_error", "code": "not_found"}}  # fmt: skip
-        return JsonResponse(body, status=404)
     return json_error(404, f"No API endpoint at {request.path}.", "not_found")
 
 

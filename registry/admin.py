@@ -1,9 +1,14 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.forms import UserChangeForm
 
+from accounts import admin as accounts_admin
+from accounts.models import Organization, SettingsSource, User
+from accounts.services import SPENDING_LIMIT_MAX_NANOUSD, Actor
 from core.errors import DomainError
-from registry import services
-from registry.models import HubModel, Mapping, MappingStatus, Provider
+from core.money import NANOUSD_PER_USD, usd_text, usd_to_nanousd
+from registry import selectors, services
+from registry.models import HubModel, Mapping, MappingStatus, Provider, ProviderKey
 
 
 class ProviderForm(forms.ModelForm):
@@ -107,3 +112,186 @@ class MappingAdmin(admin.ModelAdmin):
     @admin.action(description="Set selected mappings to staging")
     def set_staging(self, request, queryset):
         self._set_status(request, queryset, MappingStatus.STAGING)
+
+
+# --- users' and organizations' inference-provider settings -----------------------------------
+# They name providers, so the admin pages of users and organizations get them from here: these
+# classes extend accounts' and replace their registrations. Every change goes through the
+# services, so it is validated like the API's and lands in the settings history with the
+# admin's name.
+
+
+def _admin_actor(request) -> Actor:
+    return Actor(user=request.user, source=SettingsSource.ADMIN)
+
+
+def _api_error_to_form_error(exc: DomainError) -> forms.ValidationError:
+    return forms.ValidationError(exc.message)
+
+
+class ProviderKeyInlineForm(forms.ModelForm):
+    """A custom key is write-only: existing keys show masked; type a new one to replace it."""
+
+    new_key = forms.CharField(
+        label="key",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted; only its last 4 characters are ever shown.",
+    )
+
+    class Meta:
+        model = ProviderKey
+        fields = ["provider"]
+
+    def clean_new_key(self):
+        key = self.cleaned_data.get("new_key") or ""
+        if not key:
+            if self.instance.pk is None and self.has_changed():
+                raise forms.ValidationError("Type the key.")
+            return ""
+        try:
+            return services.provider_key_clean(key, field="key")
+        except DomainError as exc:
+            raise _api_error_to_form_error(exc) from exc
+
+
+class ProviderKeyInline(admin.TabularInline):
+    model = ProviderKey
+    form = ProviderKeyInlineForm
+    extra = 0
+    fields = ("provider", "masked", "new_key", "updated_at")
+    readonly_fields = ("masked", "updated_at")
+    verbose_name = "custom provider key"
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields
+
+    @admin.display(description="current key")
+    def masked(self, obj: ProviderKey) -> str:
+        return obj.masked if obj.pk else "—"
+
+
+class UserAdminForm(UserChangeForm):
+    def clean_provider_order(self):
+        order = self.cleaned_data.get("provider_order") or []
+        try:
+            return services.provider_slugs_clean(order, field="provider order")
+        except DomainError as exc:
+            raise _api_error_to_form_error(exc) from exc
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(accounts_admin.UserAdmin):
+    """accounts' user admin, plus the provider order and the custom provider keys."""
+
+    form = UserAdminForm
+    inlines = [
+        accounts_admin.UserMembershipInline,
+        ProviderKeyInline,
+        accounts_admin.SettingsChangeInline,
+    ]
+    fieldsets = (
+        *accounts_admin.UserAdmin.fieldsets[:2],
+        (
+            "Inference providers",
+            {
+                "fields": ("provider_order",),
+                "description": "Preferred providers, comma-separated, most preferred first.",
+            },
+        ),
+        *accounts_admin.UserAdmin.fieldsets[2:],
+    )
+
+    def save_model(self, request, obj, form, change):
+        new_order = list(obj.provider_order)
+        obj.provider_order = list(form.initial.get("provider_order") or [])
+        super().save_model(request, obj, form, change)
+        if new_order != obj.provider_order:
+            services.user_provider_settings_update(
+                user=obj, actor=_admin_actor(request), order=new_order
+            )
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not ProviderKey:
+            return super().save_formset(request, form, formset, change)
+        user, actor = form.instance, _admin_actor(request)
+        # Django's change message reads these; the settings history records the details.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
+        for key_form in formset.forms:
+            if not key_form.has_changed() and key_form not in formset.deleted_forms:
+                continue
+            provider = key_form.cleaned_data.get("provider") or key_form.instance.provider
+            if key_form in formset.deleted_forms:
+                if key_form.instance.pk:
+                    services.user_provider_key_delete(
+                        user=user, provider_slug=key_form.instance.provider.slug, actor=actor
+                    )
+            elif key_form.cleaned_data.get("new_key"):
+                if key_form.instance.pk and provider != key_form.instance.provider:
+                    services.user_provider_key_delete(
+                        user=user, provider_slug=key_form.instance.provider.slug, actor=actor
+                    )
+                services.user_provider_settings_update(
+                    user=user, actor=actor, keys={provider.slug: key_form.cleaned_data["new_key"]}
+                )
+        return None
+
+
+class OrganizationAdminForm(forms.ModelForm):
+    """Spending limit in USD and disabled providers as checkboxes; saved through the service."""
+
+    spending_limit_usd = forms.DecimalField(
+        label="monthly spending limit (USD)",
+        required=False,
+        min_value=0,
+        max_value=SPENDING_LIMIT_MAX_NANOUSD // NANOUSD_PER_USD,
+        decimal_places=9,
+        help_text="Pay-as-you-go spend per calendar month (UTC). Empty: no limit.",
+    )
+    disabled_provider_slugs = forms.MultipleChoiceField(
+        label="disabled providers",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Never chosen by the router when this organization pays.",
+    )
+
+    class Meta:
+        model = Organization
+        fields = ["name", "fullname", "plan", "seats"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        slugs = [p.slug for p in selectors.provider_list()]
+        self.fields["disabled_provider_slugs"].choices = [(s, s) for s in slugs]
+        self.initial["disabled_provider_slugs"] = list(self.instance.disabled_providers)
+        limit = self.instance.spending_limit_nanousd
+        if limit is not None:
+            self.initial["spending_limit_usd"] = usd_text(limit)
+
+
+admin.site.unregister(Organization)
+
+
+@admin.register(Organization)
+class OrganizationAdmin(accounts_admin.OrganizationAdmin):
+    """accounts' organization admin, plus the spending limit and the disabled providers."""
+
+    form = OrganizationAdminForm
+    fieldsets = (
+        *accounts_admin.OrganizationAdmin.fieldsets,
+        ("Inference providers", {"fields": ("spending_limit_usd", "disabled_provider_slugs")}),
+    )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        usd = form.cleaned_data.get("spending_limit_usd")
+        services.organization_provider_settings_update(
+            organization=obj,
+            actor=_admin_actor(request),
+            spending_limit_nanousd=None if usd is None else usd_to_nanousd(usd),
+            disabled_providers=form.cleaned_data.get("disabled_provider_slugs", []),
+        )

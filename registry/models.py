@@ -206,3 +206,34 @@ class Mapping(models.Model):
     def tag_key(self) -> str:
         """The key of a tag-filter mapping in the partner list: `tag-filter=a,b`."""
         return "tag-filter=" + ",".join(self.tags)
+
+
+class ProviderKey(models.Model):
+    """A user's own key for one provider (BYOK): the router sends it instead of the platform's,
+    and the request is not charged. Encrypted at rest; only the last 4 characters are shown.
+
+    Moved from `accounts` (table `accounts_providerkey`, renamed by migration 0003)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="provider_keys"
+    )
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="user_keys")
+    key = EncryptedTextField()
+    last4 = models.CharField(max_length=4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["user__username", "provider__slug"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "provider"], name="registry_providerkey_user_provider_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.slug} key of {self.user.username} (…{self.last4})"
+
+    @property
+    def masked(self) -> str:
+        return f"…{self.last4}"  # just "…" for a short key, whose last 4 would say too much

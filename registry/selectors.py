@@ -28,8 +28,10 @@ from registry.models import (
     MappingStatus,
     MappingType,
     Provider,
+    ProviderKey,
     ProviderState,
 )
+from registry.rules import mapping_preference, mapping_usable, mapping_visible, provider_rank
 
 
 @dataclass(frozen=True)
@@ -141,22 +143,10 @@ class _Row:
 
     @property
     def usable(self) -> bool:
-        return self.health != MappingHealth.ERROR
+        return mapping_usable(health=self.health)
 
     def preference(self) -> tuple:
         return mapping_preference(self.type, self.status, self.health, self.created_at)
-
-
-def mapping_preference(kind: str, status: str, health: str, created_at) -> tuple:
-    """Sort key choosing one mapping per provider (lowest wins): a single-model mapping beats
-    a tag-filter one, then live beats staging, then healthy beats failing, then the oldest.
-    The Hub API and the router both choose with it."""
-    return (
-        kind != MappingType.SINGLE_MODEL,
-        status != MappingStatus.LIVE,
-        health == MappingHealth.ERROR,
-        created_at,
-    )
 
 
 _ROW_FIELDS = (
@@ -166,6 +156,7 @@ _ROW_FIELDS = (
 
 
 def _visible(viewer: Viewer) -> Q:
+    """`registry.rules.mapping_visible` as a filter, for the model list's EXISTS queries."""
     if viewer.organization_ids:
         return Q(status=MappingStatus.LIVE) | Q(
             provider__organization_id__in=viewer.organization_ids
@@ -186,14 +177,6 @@ def _candidate_rows(models: Sequence[HubModel], viewer: Viewer) -> list[_Row]:
     return [_Row(r[0], r[1], r[2], tuple(r[3]), *r[4:]) for r in rows]
 
 
-def provider_rank(provider_order: Sequence[str]):
-    """Sort key of provider slugs: the caller's preferred ones first, in their order, then the
-    default order. The Hub API and the router both order with it."""
-    preferred = {slug: i for i, slug in enumerate(provider_order)}
-    # Until usage exists (billing), the default order after preferences is alphabetical.
-    return lambda slug: (preferred.get(slug, len(preferred)), slug)
-
-
 @dataclass(frozen=True)
 class ProviderMapping:
     """The resolved providers of one hub model, in selection order."""
@@ -212,6 +195,12 @@ def _resolve(model: HubModel, rows: Iterable[_Row], viewer: Viewer) -> ProviderM
     model_tags = set(model.tags)
     best: dict[str, _Row] = {}
     for row in rows:
+        if not mapping_visible(
+            status=row.status,
+            provider_organization_id=row.organization_id,
+            member_of=viewer.organization_ids,
+        ):
+            continue
         if row.type == MappingType.SINGLE_MODEL:
             if row.hub_model_id != model.pk:
                 continue
@@ -264,15 +253,15 @@ LEFT JOIN LATERAL (
     SELECT m.*, p.slug, p.organization_id
     FROM (
         SELECT * FROM registry_mapping m
-        WHERE m.type = 'single-model' AND m.hub_model_id = hm.id
+        WHERE m.type = %(single_model)s AND m.hub_model_id = hm.id
         UNION ALL
         SELECT * FROM registry_mapping m
-        WHERE m.type = 'tag-filter' AND m.tags <@ hm.tags
+        WHERE m.type = %(tag_filter)s AND m.tags <@ hm.tags
     ) m
-    JOIN registry_provider p ON p.id = m.provider_id AND p.state = 'active'
-    WHERE m.status = 'live' OR p.organization_id = ANY(%s)
+    JOIN registry_provider p ON p.id = m.provider_id AND p.state = %(active)s
+    WHERE m.status = %(live)s OR p.organization_id = ANY(%(member_of)s)
 ) c ON true
-WHERE hm.model_id = %s
+WHERE hm.model_id = %(model_id)s
 """
 
 
@@ -281,7 +270,17 @@ def hub_model_lookup(
 ) -> tuple[HubModel | None, ProviderMapping | None]:
     """A hub model and its resolved providers, in one query. (None, None) if unknown."""
     with connection.cursor() as cursor:
-        cursor.execute(_LOOKUP_SQL, [list(viewer.organization_ids), model_id])
+        cursor.execute(
+            _LOOKUP_SQL,
+            {
+                "single_model": MappingType.SINGLE_MODEL,
+                "tag_filter": MappingType.TAG_FILTER,
+                "active": ProviderState.ACTIVE,
+                "live": MappingStatus.LIVE,
+                "member_of": list(viewer.organization_ids),
+                "model_id": model_id,
+            },
+        )
         rows = cursor.fetchall()
     if not rows:
         return None, None
@@ -347,37 +346,17 @@ def provider_map(*, slugs: Iterable[str]) -> dict[str, Provider]:
     return {p.slug: p for p in Provider.objects.filter(slug__in=list(slugs))}
 
 
-# --- raw reads for the router (async psycopg, outside the ORM; see router/store.py) -----------
-# API keys come back encrypted (`core.fields.decrypt`).
-ROUTER_PROVIDERS_SQL = """
-SELECT id, slug, organization_id, base_url, chat_route, api_key, request_id_header, state
-FROM registry_provider
-"""
-_ROUTER_CANDIDATE_COLUMNS = """
-    m.provider_id, p.slug, p.organization_id, m.provider_model, m.type, m.status, m.health,
-    m.created_at, m.input_price_nanousd_per_mtok, m.output_price_nanousd_per_mtok,
-    m.throughput_tps, m.first_token_latency_ms, m.context_length
-"""
-# Every conversational mapping of an active provider that applies to the model (staging too:
-# visibility depends on the caller, decided per request). One row with NULL candidate columns
-# when nothing applies; no row for an unknown model.
-ROUTER_CHAT_CANDIDATES_SQL = f"""
-SELECT hm.model_id, {_ROUTER_CANDIDATE_COLUMNS}
-FROM registry_hubmodel hm
-LEFT JOIN LATERAL (
-    SELECT * FROM registry_mapping m
-    WHERE m.task = 'conversational' AND (
-        (m.type = 'single-model' AND m.hub_model_id = hm.id)
-        OR (m.type = 'tag-filter' AND m.tags <@ hm.tags))
-) m ON true
-LEFT JOIN registry_provider p ON p.id = m.provider_id AND p.state = 'active'
-WHERE hm.model_id = %s
-"""  # noqa: S608 (constants only)
-# The named-provider form: the body's `model` is the provider's own model id.
-ROUTER_CHAT_CANDIDATES_BY_PROVIDER_MODEL_SQL = f"""
-SELECT coalesce(hm.model_id, ''), {_ROUTER_CANDIDATE_COLUMNS}
-FROM registry_mapping m
-JOIN registry_provider p ON p.id = m.provider_id
-LEFT JOIN registry_hubmodel hm ON hm.id = m.hub_model_id
-WHERE m.provider_id = %s AND m.provider_model = %s AND m.task = 'conversational'
-"""  # noqa: S608 (constants only)
+# --- users' custom provider keys (BYOK) -------------------------------------------------------
+def user_provider_key(*, user, provider_slug: str) -> str | None:
+    """The user's own key for the provider, decrypted; None if not set.
+
+    For the router only, to send to that provider. Never log or return it.
+    """
+    row = ProviderKey.objects.filter(user=user, provider__slug=provider_slug).first()
+    return row.key if row is not None else None
+
+
+def user_provider_key_list(*, user) -> QuerySet[ProviderKey]:
+    return (
+        ProviderKey.objects.filter(user=user).select_related("provider").order_by("provider__slug")
+    )

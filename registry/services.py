@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 
@@ -12,9 +12,13 @@ from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts import plans
 from accounts import selectors as accounts_selectors
-from accounts.models import Organization, OrgPlan, Role, TokenRole, User
+from accounts import services as accounts_services
+from accounts.models import Organization, Role, SettingName, TokenRole, User
+from accounts.services import Actor
 from core.errors import DomainError, Kind
+from registry import selectors
 from registry.models import (
     MODEL_ID_MAX_LENGTH,
     MODEL_ID_PATTERN,
@@ -25,13 +29,13 @@ from registry.models import (
     MappingStatus,
     MappingType,
     Provider,
+    ProviderKey,
 )
 from registry.task_types import TASKS, model_supports_task
 
 TAGS_MAX = 20
 TAG_MAX_LENGTH = 200
 PROVIDER_MODEL_MAX_LENGTH = 255
-PARTNER_PLANS = frozenset({OrgPlan.TEAM, OrgPlan.ENTERPRISE})
 PARTNER_ROLES = frozenset({Role.WRITE, Role.ADMIN})
 
 
@@ -156,7 +160,7 @@ def partner_access_check(*, provider: Provider, user: User, token) -> None:
             "'write' or 'admin'.",
             kind=Kind.FORBIDDEN,
         )
-    if org.plan not in PARTNER_PLANS:
+    if not plans.org_plan(org.plan).partner_api:
         raise DomainError(
             "plan_insufficient",
             f"The organization '{org.name}' is on the '{org.plan}' plan; the Model Mapping "
@@ -429,3 +433,165 @@ def hub_models_import(*, records: Iterable, progress=None) -> ImportResult:
         if progress:
             progress(min(start + IMPORT_CHUNK, len(ids)), len(ids))
     return ImportResult(created=created, updated=updated, unchanged=unchanged)
+
+
+# --- users' and organizations' inference-provider settings -----------------------------------
+# The values reference providers, so they are validated here; the columns on the user and the
+# organization, the row locks and the audit trail (`SettingsChange`) are accounts' services.
+# Custom keys (BYOK) are `ProviderKey` rows, logged masked.
+
+PROVIDER_KEY_MIN_LENGTH = 8
+PROVIDER_KEY_MAX_LENGTH = 1024
+# The last 4 characters are shown only for keys at least this long, so that what is shown
+# stays a small part of the key.
+PROVIDER_KEY_SHOW_LAST4_FROM = 16
+# Keys travel in an HTTP header: printable ASCII, no spaces or control characters (a newline
+# would let a key inject headers into the provider request).
+_PROVIDER_KEY_RE = re.compile(r"[\x21-\x7e]+\Z")
+# Generous upper bound for a list of provider slugs (there are a few dozen providers).
+PROVIDER_LIST_MAX_LENGTH = 200
+
+
+def provider_slugs_clean(value, *, field: str) -> list[str]:
+    """A list of existing provider slugs without repeats, or a 400 naming `field`."""
+    if not isinstance(value, list | tuple):
+        raise DomainError(
+            "validation_error", f"{field} must be a list of provider names.", field=field
+        )
+    if len(value) > PROVIDER_LIST_MAX_LENGTH:
+        raise DomainError(
+            "validation_error",
+            f"{field} has more than {PROVIDER_LIST_MAX_LENGTH} entries.",
+            field=field,
+        )
+    seen: set[str] = set()
+    for index, slug in enumerate(value):
+        if not isinstance(slug, str) or not slug:
+            raise DomainError(
+                "validation_error",
+                f"{field}[{index}] must be a provider name (a non-empty string).",
+                field=field,
+            )
+        if slug in seen:
+            raise DomainError(
+                "validation_error", f"{field} names {slug!r} more than once.", field=field
+            )
+        seen.add(slug)
+    unknown = sorted(seen - selectors.provider_slugs_existing(slugs=seen))
+    if unknown:
+        raise DomainError(
+            "validation_error",
+            f"{field} names unknown provider(s): {', '.join(map(repr, unknown))}.",
+            field=field,
+        )
+    return list(value)
+
+
+def provider_key_clean(value, *, field: str) -> str:
+    if not isinstance(value, str):
+        raise DomainError("validation_error", f"{field} must be a string.", field=field)
+    if not value:
+        raise DomainError("validation_error", f"{field} must not be empty.", field=field)
+    if len(value) < PROVIDER_KEY_MIN_LENGTH:
+        raise DomainError(
+            "validation_error",
+            f"{field} is shorter than {PROVIDER_KEY_MIN_LENGTH} characters: not a provider key.",
+            field=field,
+        )
+    if len(value) > PROVIDER_KEY_MAX_LENGTH:
+        raise DomainError(
+            "validation_error",
+            f"{field} is longer than {PROVIDER_KEY_MAX_LENGTH} characters.",
+            field=field,
+        )
+    if not _PROVIDER_KEY_RE.match(value):
+        raise DomainError(
+            "validation_error",
+            f"{field} may only contain printable ASCII characters without spaces.",
+            field=field,
+        )
+    return value
+
+
+@transaction.atomic
+def user_provider_settings_update(
+    *,
+    user: User,
+    actor: Actor,
+    order: Sequence[str] | None = None,
+    keys: dict[str, str] | None = None,
+) -> None:
+    """Replaces the user's provider order (if given) and sets or replaces the custom keys
+    named in `keys` (other keys are kept). All or nothing: one bad value changes nothing."""
+    if order is not None:
+        order = provider_slugs_clean(order, field="order")
+    if keys is not None:
+        if not isinstance(keys, dict):
+            raise DomainError(
+                "validation_error", "keys must be an object of provider name to key.", field="keys"
+            )
+        provider_slugs_clean(list(keys), field="keys")
+        keys = {slug: provider_key_clean(key, field=f"keys.{slug}") for slug, key in keys.items()}
+    locked = accounts_services.user_lock(user=user)
+    if order is not None:
+        accounts_services.user_provider_order_set(user=user, actor=actor, order=order)
+    if keys:
+        providers = selectors.provider_map(slugs=keys)
+        existing = {k.provider_id: k for k in ProviderKey.objects.filter(user=locked)}
+        for slug, key in keys.items():
+            provider = providers[slug]
+            current = existing.get(provider.pk)
+            if current is not None and current.key == key:
+                continue
+            last4 = key[-4:] if len(key) >= PROVIDER_KEY_SHOW_LAST4_FROM else ""
+            new = ProviderKey(user=locked, provider=provider, key=key, last4=last4)
+            if current is not None:
+                new.pk, new.created_at = current.pk, current.created_at
+            new.save()
+            accounts_services.settings_change_record(
+                actor=actor, setting=SettingName.PROVIDER_KEY, user=locked, target=slug,
+                before=current and current.masked, after=new.masked,
+            )  # fmt: skip
+
+
+@transaction.atomic
+def user_provider_key_delete(*, user: User, provider_slug: str, actor: Actor) -> bool:
+    """Removes the user's key for the provider; False if there was none."""
+    locked = accounts_services.user_lock(user=user)
+    key = (
+        ProviderKey.objects.filter(user=locked, provider__slug=provider_slug)
+        .select_related("provider")
+        .first()
+    )
+    if key is None:
+        return False
+    key.delete()
+    accounts_services.settings_change_record(
+        actor=actor, setting=SettingName.PROVIDER_KEY, user=locked, target=provider_slug,
+        before=key.masked, after=None,
+    )  # fmt: skip
+    return True
+
+
+@transaction.atomic
+def organization_provider_settings_update(
+    *,
+    organization: Organization,
+    actor: Actor,
+    spending_limit_nanousd: int | None = accounts_services.UNSET,
+    disabled_providers: Sequence[str] | None = None,
+) -> Organization:
+    """Sets the monthly spending limit (None: no limit) and/or replaces the set of disabled
+    providers; arguments left out are unchanged."""
+    changes: dict = {}
+    if spending_limit_nanousd is not accounts_services.UNSET:
+        changes["spending_limit_nanousd"] = accounts_services.spending_limit_clean(
+            spending_limit_nanousd
+        )
+    if disabled_providers is not None:
+        changes["disabled_providers"] = sorted(
+            provider_slugs_clean(disabled_providers, field="disabledProviders")
+        )
+    return accounts_services.organization_provider_settings_set(
+        organization=organization, actor=actor, **changes
+    )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from registry import api
+from registry import api, settings_api
 
 urlpatterns = [
     path("partners/<str:provider>/models", api.PartnerModelsView.as_view(),
@@ -15,4 +15,12 @@ urlpatterns = [
     path("models", api.HubModelListView.as_view(), name="hub-models"),
     path("models/<str:namespace>/<str:name>", api.HubModelDetailView.as_view(),
          name="hub-model"),
+    # Users' and organizations' inference-provider settings (they name providers).
+    path("settings/inference-providers", settings_api.UserProviderSettingsView.as_view(),
+         name="inference-provider-settings"),
+    path("settings/inference-providers/keys/<str:provider>",
+         settings_api.UserProviderKeyView.as_view(), name="inference-provider-key"),
+    path("organizations/<str:name>/settings/inference-providers",
+         settings_api.OrganizationProviderSettingsView.as_view(),
+         name="organization-inference-provider-settings"),
 ]  # fmt: skip

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from core.errors import DomainError
+
 
 class RouterError(Exception):
     def __init__(self, status: int, message: str, code: str, type_: str = ""):
@@ -37,3 +39,8 @@ _TYPES = {
 
 def bad_request(message: str, code: str = "invalid_request") -> RouterError:
     return RouterError(400, message, code)
+
+
+def from_domain(exc: DomainError) -> RouterError:
+    """A rule's error in the router's format (the API renders the same error in the Hub's)."""
+    return RouterError(exc.http_status, exc.message, exc.code)

@@ -29,17 +29,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+from billing.usage_row import UsageRow
 from django.conf import settings
 
-from accounts.models import TokenRole
-from accounts.permissions import INFERENCE_SERVERLESS_WRITE
+from accounts import rules as accounts_rules
+from accounts.aio import OrgRow
 from billing import limits
-from billing import services as billing_services
-from billing.models import UsageState
-from billing.usage import BILL_TO_PLANS
+from core.errors import DomainError
+from registry import rules as registry_rules
+from registry.aio import ChatCandidate, ProviderRow
+from registry.task_types import CONVERSATIONAL
 from router import selection
-from router.errors import RouterError, bad_request
-from router.store import Caller, ProviderInfo, Store, UsageRow
+from router.errors import RouterError, bad_request, from_domain
+from router.store import Caller, Store
 
 logger = logging.getLogger("router")
 
@@ -67,8 +69,8 @@ def is_router_path(path: str) -> bool:
 
 @dataclass
 class Attempt:
-    provider: ProviderInfo
-    candidate: selection.Candidate
+    provider: ProviderRow
+    candidate: ChatCandidate
     url: str
 
 
@@ -117,7 +119,10 @@ class Router:
 
         try:
             await self._ensure_ready()
-            outcome = await self.handle(scope, receive, tracked_send)
+            try:
+                outcome = await self.handle(scope, receive, tracked_send)
+            except DomainError as exc:  # a rule said no: rendered in the router's format
+                raise from_domain(exc) from exc
         except RouterError as exc:
             outcome = f"{exc.status} {exc.code}"
             if response_started:
@@ -149,7 +154,7 @@ class Router:
         body = await read_body(receive, settings.ROUTER_MAX_BODY_BYTES)
         payload = parse_payload(body)
         org = self.bill_to(caller, headers.get("x-hf-bill-to", "").strip())
-        disabled = org.disabled if org is not None else frozenset()
+        disabled = frozenset(org.disabled_providers) if org is not None else frozenset()
         path = scope["path"]
         if path == CHAT_PATH:
             hub_model_id, attempts, automatic = await self.resolve_model(
@@ -164,7 +169,8 @@ class Router:
         )
         terms = (
             limits.terms_for(payer_id=payer_id, org_name=org.name, org_plan=org.plan,
-                             org_seats=org.seats, org_limit_nanousd=org.limit_nanousd)
+                             org_seats=org.seats,
+                             org_limit_nanousd=org.spending_limit_nanousd)
             if org is not None
             else limits.terms_for(payer_id=payer_id, user_name=caller.username,
                                   user_plan=caller.plan)
@@ -183,37 +189,16 @@ class Router:
         caller = await self.store.caller(secret) if secret.startswith("hf_") else None
         if caller is None or caller.revoked or not caller.user_active:
             raise RouterError(401, "Invalid username or password.", "invalid_token")
-        allowed = caller.token_role == TokenRole.WRITE or (
-            caller.token_role == TokenRole.FINE_GRAINED
-            and INFERENCE_SERVERLESS_WRITE in caller.token_permissions
+        accounts_rules.inference_call_check(
+            role=caller.token_role, permissions=caller.token_permissions
         )
-        if not allowed:
-            raise RouterError(
-                403,
-                f"This {caller.token_role} access token does not have the "
-                f"'{INFERENCE_SERVERLESS_WRITE}' permission needed to call inference providers.",
-                "insufficient_permissions",
-            )
         return caller
 
-    def bill_to(self, caller: Caller, name: str):
+    def bill_to(self, caller: Caller, name: str) -> OrgRow | None:
         if not name:
             return None
         org = caller.orgs.get(name.lower())
-        if org is None:
-            raise RouterError(
-                403,
-                f"You are not a member of the organization {name!r}; you cannot bill requests "
-                "to it.",
-                "bill_to_not_member",
-            )
-        if org.plan not in BILL_TO_PLANS:
-            raise RouterError(
-                403,
-                f"The organization {org.name!r} is on the {org.plan!r} plan; billing requests "
-                "to an organization needs a team or enterprise plan.",
-                "bill_to_plan",
-            )
+        accounts_rules.bill_to_check(requested=name, org=org)
         return org
 
     async def resolve_model(self, model: str, caller: Caller, disabled: frozenset[str]):
@@ -240,7 +225,7 @@ class Router:
             attempts.append(Attempt(provider, candidate, join_url(provider.base_url, route)))
         automatic = suffix in selection.POLICIES
         limit = settings.ROUTER_MAX_ATTEMPTS if automatic else 1
-        return hub_model.model_id, attempts[:limit], automatic
+        return hub_model.hub_model_id, attempts[:limit], automatic
 
     async def resolve_named(self, path: str, model: str, caller: Caller, disabled):
         slug, _, route = path[1:].partition("/")
@@ -251,19 +236,19 @@ class Router:
             raise RouterError(
                 404, f"Only chat completions are routed; /{route} is not.", "route_not_supported"
             )
-        if not provider.active:
-            raise RouterError(403, f"The provider {slug!r} is suspended.", "provider_suspended")
-        if slug in disabled:
-            raise selection.provider_disabled(slug)
-        hub_model_id, candidates = await self.store.provider_model(provider, model)
-        visible = selection.best_per_provider(candidates, member_of=caller.org_ids)
+        registry_rules.provider_active_check(slug=slug, active=provider.active)
+        registry_rules.provider_enabled_check(slug=slug, disabled=disabled)
+        served = await self.store.provider_model(provider, model)
+        visible = selection.best_per_provider(served.candidates, member_of=caller.org_ids)
         if not visible:
             raise RouterError(
                 404,
                 f"The model {model!r} is not served by provider {slug!r} for chat completions.",
                 "model_not_supported",
             )
-        return hub_model_id, [Attempt(provider, visible[0], join_url(provider.base_url, route))]
+        return served.hub_model_id, [
+            Attempt(provider, visible[0], join_url(provider.base_url, route))
+        ]
 
 
 class RoutedRequest:
@@ -468,35 +453,33 @@ class RoutedRequest:
         also releases the spending-limit reservation, in the same transaction."""
         candidate = attempt.candidate
         prompt, completion = usage or (None, None)
-        state = billing_services.usage_state(byok=byok, request_id=request_id, http_status=status)
-        if usage:
-            estimate = selection.estimate_nanousd(
-                candidate, prompt_tokens=prompt or 0, completion_tokens=completion or 0
-            )
-        else:
-            estimate = selection.estimate_nanousd(
-                candidate,
-                prompt_tokens=self.prompt_estimate(),
-                completion_tokens=self.completion_estimate(),
-            )
-        row = UsageRow(
+        estimate = selection.estimate_nanousd(
+            candidate,
+            prompt_tokens=(prompt or 0) if usage else self.prompt_estimate(),
+            completion_tokens=(completion or 0) if usage else self.completion_estimate(),
+        )
+        row = UsageRow.build(
             provider_id=attempt.provider.id,
-            request_id=request_id or f"no-request-id:{time.time_ns():x}{id(self):x}",
+            request_id=request_id,
             user_id=self.caller.user_id,
             payer_id=self.terms.payer_id,
             hub_model_id=self.hub_model_id,
             provider_model=candidate.provider_model,
+            task=CONVERSATIONAL,
             http_status=status,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            estimated_cost_nanousd=estimate if state == UsageState.PENDING else 0,
-            state=state,
+            estimated_cost_nanousd=estimate,
+            byok=byok,
             created_at=created_at,
-            missing_request_id=not request_id and status is not None and 200 <= status < 300,
         )
         reservation = self.reservation_id if final and not self.released else None
-        await self.store.writer.write(row, reservation_id=reservation,
-                                      token_id=self.caller.token_id)  # fmt: skip
+        await self.store.writer.write(
+            row,
+            reservation_id=reservation,
+            token_id=self.caller.token_id,
+            missing_request_id=not request_id and status is not None and 200 <= status < 300,
+        )
         if reservation is not None:
             self.released = True
 

@@ -15,45 +15,13 @@ ordered by the `model` suffix policy. Pure functions over data the router loaded
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from registry.selectors import mapping_preference, provider_rank
-from router.errors import RouterError
+from core.errors import DomainError, Kind
+from registry.aio import ChatCandidate
+from registry.rules import mapping_visible, provider_enabled_check, provider_rank
 
 POLICIES = ("fastest", "cheapest", "preferred")
-CHAT_TASK = "conversational"
 ESTIMATE_MAX = 10**15  # nano-USD: $1,000,000
-
-
-@dataclass(frozen=True)
-class Candidate:
-    provider_id: int
-    slug: str
-    organization_id: int
-    provider_model: str
-    type: str
-    status: str
-    health: str
-    created_at: object
-    input_price: int | None  # nano-USD per 1M tokens
-    output_price: int | None
-    throughput: float | None
-    first_token_latency_ms: int | None
-    context_length: int | None
-
-    @property
-    def usable(self) -> bool:
-        return self.health != "error"
-
-    def preference(self) -> tuple:
-        return mapping_preference(self.type, self.status, self.health, self.created_at)
-
-
-def provider_disabled(slug: str) -> RouterError:
-    return RouterError(
-        403, f"The provider {slug!r} is disabled by the organization you bill to.",
-        "provider_disabled",
-    )  # fmt: skip
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -63,11 +31,13 @@ def split_model(model: str) -> tuple[str, str]:
 
 
 def best_per_provider(
-    candidates: Iterable[Candidate], *, member_of: frozenset[int]
-) -> list[Candidate]:
-    best: dict[str, Candidate] = {}
+    candidates: Iterable[ChatCandidate], *, member_of: frozenset[int]
+) -> list[ChatCandidate]:
+    best: dict[str, ChatCandidate] = {}
     for c in candidates:
-        if c.status != "live" and c.organization_id not in member_of:
+        if not mapping_visible(
+            status=c.status, provider_organization_id=c.organization_id, member_of=member_of
+        ):
             continue
         current = best.get(c.slug)
         if current is None or c.preference() < current.preference():
@@ -76,48 +46,57 @@ def best_per_provider(
 
 
 def order(
-    candidates: Sequence[Candidate],
+    candidates: Sequence[ChatCandidate],
     *,
     suffix: str,
     model_id: str,
     provider_order: Sequence[str],
     disabled: frozenset[str],
-) -> list[Candidate]:
+) -> list[ChatCandidate]:
     """The candidates to try, in order; errors name the rule that left none."""
     rank = provider_rank(provider_order)
 
-    def hub_key(c: Candidate) -> tuple:
+    def hub_key(c: ChatCandidate) -> tuple:
         return (not c.usable, rank(c.slug))
 
     if suffix not in POLICIES:
-        if suffix in disabled:
-            raise provider_disabled(suffix)
+        provider_enabled_check(slug=suffix, disabled=disabled)
         chosen = [c for c in candidates if c.slug == suffix]
         if not chosen:
-            raise RouterError(
-                404,
-                f"The requested model '{model_id}' is not served by provider {suffix!r}.",
+            raise DomainError(
                 "model_not_supported",
+                f"The requested model '{model_id}' is not served by provider {suffix!r}.",
+                kind=Kind.NOT_FOUND,
             )
         return chosen
     allowed = sorted((c for c in candidates if c.slug not in disabled), key=hub_key)
     if not allowed:
-        raise RouterError(
-            404,
-            f"The requested model '{model_id}' is not supported by any provider you have enabled.",
+        raise DomainError(
             "model_not_supported",
+            f"The requested model '{model_id}' is not supported by any provider you have enabled.",
+            kind=Kind.NOT_FOUND,
         )
     if suffix == "fastest":
-        allowed.sort(key=lambda c: (not c.usable, c.throughput is None, -(c.throughput or 0)))
+        allowed.sort(
+            key=lambda c: (not c.usable, c.throughput_tps is None, -(c.throughput_tps or 0))
+        )
     elif suffix == "cheapest":
-        allowed.sort(key=lambda c: (not c.usable, c.output_price is None, c.output_price or 0))
+        allowed.sort(
+            key=lambda c: (
+                not c.usable,
+                c.output_price_nanousd_per_mtok is None,
+                c.output_price_nanousd_per_mtok or 0,
+            )
+        )
     return allowed
 
 
-def estimate_nanousd(candidate: Candidate, *, prompt_tokens: int, completion_tokens: int) -> int:
+def estimate_nanousd(
+    candidate: ChatCandidate, *, prompt_tokens: int, completion_tokens: int
+) -> int:
     """Cost from the provider's published prices, rounded up; 0 when prices are unknown.
     At most ESTIMATE_MAX (a column's range; far above any real request)."""
-    total = (candidate.input_price or 0) * prompt_tokens + (
-        candidate.output_price or 0
+    total = (candidate.input_price_nanousd_per_mtok or 0) * prompt_tokens + (
+        candidate.output_price_nanousd_per_mtok or 0
     ) * completion_tokens
     return min(-(-total // 1_000_000), ESTIMATE_MAX)

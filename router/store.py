@@ -22,15 +22,14 @@ from django.conf import settings
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from accounts import selectors as accounts_selectors
-from accounts import services as accounts_services
+from accounts import aio as accounts_aio
+from accounts.aio import OrgRow
 from accounts.tokens import token_hash
+from billing import aio as billing_aio
 from billing import limits
-from billing import selectors as billing_selectors
-from billing import services as billing_services
-from core.fields import decrypt
-from registry import selectors as registry_selectors
-from router.selection import CHAT_TASK, Candidate
+from billing.usage_row import UsageRow
+from registry import aio as registry_aio
+from registry.aio import ModelCandidates, ProviderRow
 
 logger = logging.getLogger("router")
 
@@ -83,17 +82,10 @@ class TTLCache:
 
 
 @dataclass(frozen=True)
-class Org:
-    id: int
-    name: str
-    plan: str
-    seats: int
-    limit_nanousd: int | None
-    disabled: frozenset[str]
-
-
-@dataclass(frozen=True)
 class Caller:
+    """A token, its user, the user's organizations and own provider keys: what the router
+    caches per token (rows of the accounts and registry ports)."""
+
     token_id: int
     token_role: str
     token_permissions: tuple[str, ...]
@@ -103,71 +95,12 @@ class Caller:
     user_active: bool
     plan: str
     provider_order: tuple[str, ...]
-    orgs: dict[str, Org] = field(default_factory=dict)  # lower-case name -> org
+    orgs: dict[str, OrgRow] = field(default_factory=dict)  # lower-case name -> organization
     keys: dict[int, str] = field(default_factory=dict)  # provider id -> the user's own key
 
     @property
     def org_ids(self) -> frozenset[int]:
         return frozenset(o.id for o in self.orgs.values())
-
-
-@dataclass(frozen=True)
-class ProviderInfo:
-    id: int
-    slug: str
-    organization_id: int
-    base_url: str
-    chat_route: str
-    api_key: str
-    request_id_header: str
-    active: bool
-
-
-@dataclass(frozen=True)
-class HubModelCandidates:
-    model_id: str
-    candidates: tuple[Candidate, ...]
-
-
-# The statements belong to the apps whose tables they touch (their selectors and services).
-_CALLER_SQL = accounts_selectors.ROUTER_CALLER_SQL
-_ORGS_SQL = accounts_selectors.ROUTER_ORGANIZATIONS_SQL
-_KEYS_SQL = accounts_selectors.ROUTER_PROVIDER_KEYS_SQL
-_TOUCH_TOKENS_SQL = accounts_services.ROUTER_TOKENS_TOUCH_SQL
-_PROVIDERS_SQL = registry_selectors.ROUTER_PROVIDERS_SQL
-_MODEL_SQL = registry_selectors.ROUTER_CHAT_CANDIDATES_SQL
-_PROVIDER_MODEL_SQL = registry_selectors.ROUTER_CHAT_CANDIDATES_BY_PROVIDER_MODEL_SQL
-_PAYER_SQL = billing_selectors.ROUTER_PAYER_SQL
-_INSERT_USAGE_SQL = billing_services.ROUTER_USAGE_INSERT_SQL
-_MISSING_IDS_SQL = billing_services.ROUTER_MISSING_REQUEST_IDS_SQL
-
-
-def _candidate(row) -> Candidate:
-    return Candidate(*row)
-
-
-@dataclass
-class UsageRow:
-    provider_id: int
-    request_id: str
-    user_id: int
-    payer_id: int
-    hub_model_id: str
-    provider_model: str
-    http_status: int | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    estimated_cost_nanousd: int
-    state: str
-    created_at: datetime
-    task: str = CHAT_TASK
-    missing_request_id: bool = False  # a success without the provider's request-ID header
-
-    def params(self) -> tuple:
-        return (self.provider_id, self.request_id[:255], self.user_id, self.payer_id,
-                self.hub_model_id[:200], self.provider_model[:255], self.task,
-                self.http_status, self.prompt_tokens, self.completion_tokens,
-                max(self.estimated_cost_nanousd, 0), self.state, self.created_at)  # fmt: skip
 
 
 class Store:
@@ -195,104 +128,86 @@ class Store:
         await self.writer.stop()
         await self.pool.close()
 
-    async def _fetch(self, sql: str, params) -> list[tuple]:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(sql, params)
-            return await cursor.fetchall()
-
     async def caller(self, secret: str) -> Caller | None:
         digest = token_hash(secret)
 
         async def load() -> Caller | None:
-            rows = await self._fetch(_CALLER_SQL, (digest,))
-            if not rows:
-                return None
-            t_id, role, perms, revoked, u_id, name, active, plan, order = rows[0]
-            orgs = {
-                r[1].lower(): Org(r[0], r[1], r[2], r[3], r[4], frozenset(r[5]))
-                for r in await self._fetch(_ORGS_SQL, (u_id,))
-            }
-            keys = {r[0]: decrypt(r[1]) for r in await self._fetch(_KEYS_SQL, (u_id,))}
-            return Caller(t_id, role, tuple(perms), revoked, u_id, name, active, plan,
-                          tuple(order), orgs, keys)  # fmt: skip
+            async with self.pool.connection() as conn:
+                row = await accounts_aio.caller_get(conn, token_hash=digest)
+                if row is None:
+                    return None
+                orgs = await accounts_aio.organizations_of(conn, user_id=row.user_id)
+                keys = await registry_aio.provider_keys_of(conn, user_id=row.user_id)
+            return Caller(
+                token_id=row.token_id,
+                token_role=row.token_role,
+                token_permissions=tuple(row.token_permissions),
+                revoked=row.token_revoked,
+                user_id=row.user_id,
+                username=row.username,
+                user_active=row.user_active,
+                plan=row.plan,
+                provider_order=tuple(row.provider_order),
+                orgs={o.name.lower(): o for o in orgs},
+                keys=keys,
+            )
 
         return await self.callers.get(digest, load)
 
-    async def provider_table(self) -> dict[str, ProviderInfo]:
-        async def load() -> dict[str, ProviderInfo]:
-            rows = await self._fetch(_PROVIDERS_SQL, ())
-            return {
-                r[1]: ProviderInfo(
-                    r[0],
-                    r[1],
-                    r[2],
-                    r[3],
-                    r[4],
-                    decrypt(r[5]) if r[5] else "",
-                    r[6],
-                    r[7] == "active",
-                )
-                for r in rows
-            }
+    async def provider_table(self) -> dict[str, ProviderRow]:
+        async def load() -> dict[str, ProviderRow]:
+            async with self.pool.connection() as conn:
+                return await registry_aio.providers_all(conn)
 
         return await self.providers.get("all", load)
 
-    async def hub_model(self, model_id: str) -> HubModelCandidates | None:
-        async def load() -> HubModelCandidates | None:
-            rows = await self._fetch(_MODEL_SQL, (model_id,))
-            if not rows:
-                return None
-            return HubModelCandidates(
-                rows[0][0], tuple(_candidate(r[1:]) for r in rows if r[2] is not None)
-            )
+    async def hub_model(self, model_id: str) -> ModelCandidates | None:
+        async def load() -> ModelCandidates | None:
+            async with self.pool.connection() as conn:
+                return await registry_aio.chat_candidates(conn, model_id=model_id)
 
         return await self.models.get(model_id, load)
 
-    async def provider_model(
-        self, provider: ProviderInfo, provider_model: str
-    ) -> tuple[str, tuple[Candidate, ...]]:
-        async def load():
-            rows = await self._fetch(
-                _PROVIDER_MODEL_SQL,
-                (provider.id, provider_model),
-            )
-            hub_ids = [r[0] for r in rows]
-            return (hub_ids[0] if hub_ids else ""), tuple(_candidate(r[1:]) for r in rows)
+    async def provider_model(self, provider: ProviderRow, provider_model: str) -> ModelCandidates:
+        async def load() -> ModelCandidates:
+            async with self.pool.connection() as conn:
+                return await registry_aio.chat_candidates_by_provider_model(
+                    conn, provider_id=provider.id, provider_model=provider_model
+                )
 
         return await self.provider_models.get((provider.id, provider_model), load)
 
     async def payer_id(self, *, user_id: int, org_id: int | None) -> int:
-        kind, owner = ("org", org_id) if org_id is not None else ("user", user_id)
-
         async def load() -> int:
-            rows = await self._fetch(_PAYER_SQL[kind], (owner,))
-            if rows:
-                return rows[0][0]
-            return await sync_to_async(_create_billing_account, thread_sensitive=False)(kind, owner)
+            async with self.pool.connection() as conn:
+                payer = await billing_aio.payer_id_get(conn, user_id=user_id, org_id=org_id)
+            if payer is not None:
+                return payer
+            return await sync_to_async(_create_billing_account, thread_sensitive=False)(
+                user_id=user_id, org_id=org_id
+            )
 
-        return await self.payers.get((kind, owner), load)
+        return await self.payers.get((user_id, org_id), load)
 
     async def reserve(self, terms: limits.PayerTerms, estimate: int):
         if terms.always_allowed:
             return limits.decide(terms, None), None
         async with self.pool.connection() as conn:
-            return await limits.payer_reserve(
+            return await billing_aio.payer_reserve(
                 conn, terms=terms, estimate_nanousd=estimate, now=datetime.now(UTC)
             )
 
     async def release(self, reservation_id: int) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(limits.RELEASE_SQL, ([reservation_id],))
+            await billing_aio.reservations_release(conn, reservation_ids=[reservation_id])
 
 
-def _create_billing_account(kind: str, owner: int) -> int:
-    from accounts.models import Organization, User
-    from billing import services
+def _create_billing_account(*, user_id: int, org_id: int | None) -> int:
+    """The payer's billing account, created with its pools on its first request (sync: the
+    billing service runs in the ORM)."""
+    from billing.services import billing_account_id_get_or_create
 
-    if kind == "user":
-        return services.billing_account_for_user(user=User.objects.get(pk=owner)).pk
-    org = Organization.objects.get(pk=owner)
-    return services.billing_account_for_organization(organization=org).pk
+    return billing_account_id_get_or_create(user_id=user_id, organization_id=org_id)
 
 
 @dataclass
@@ -300,6 +215,7 @@ class _Pending:
     row: UsageRow
     reservation_id: int | None
     token_id: int | None
+    missing_request_id: bool  # a success without the provider's request-ID header
     done: asyncio.Future
 
 
@@ -329,9 +245,16 @@ class UsageWriter:
                 await asyncio.sleep(0.01)
             self._task.cancel()
 
-    async def write(self, row: UsageRow, *, reservation_id: int | None, token_id: int | None):
+    async def write(
+        self,
+        row: UsageRow,
+        *,
+        reservation_id: int | None,
+        token_id: int | None,
+        missing_request_id: bool = False,
+    ):
         done = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(row, reservation_id, token_id, done))
+        self._queue.append(_Pending(row, reservation_id, token_id, missing_request_id, done))
         self._wake.set()
         await done
 
@@ -373,23 +296,21 @@ class UsageWriter:
             if p.token_id is not None and self._touched.get(p.token_id, -1e9) < mono - touch_every
         })  # fmt: skip
         reservations = [p.reservation_id for p in batch if p.reservation_id is not None]
-        missing_ids = [p.row.provider_id for p in batch if p.row.missing_request_id]
+        missing_ids = [p.row.provider_id for p in batch if p.missing_request_id]
         error: BaseException | None = None
         for attempt in range(retries):
             try:
                 async with self.store.pool.connection() as conn, conn.transaction():
-                    async with conn.cursor() as cursor:
-                        await cursor.executemany(
-                            _INSERT_USAGE_SQL,
-                            [p.row.params() for p in batch],
-                        )
+                    await billing_aio.usage_rows_insert(conn, [p.row for p in batch])
                     if reservations:
-                        await conn.execute(limits.RELEASE_SQL, (reservations,))
+                        await billing_aio.reservations_release(conn, reservation_ids=reservations)
                     if missing_ids:
-                        await conn.execute(_MISSING_IDS_SQL, (missing_ids,))
+                        await billing_aio.missing_request_ids_count(conn, provider_ids=missing_ids)
                     if tokens:
                         stale = datetime.fromtimestamp(now.timestamp() - touch_every, UTC)
-                        await conn.execute(_TOUCH_TOKENS_SQL, (now, tokens, stale))
+                        await accounts_aio.tokens_touch(
+                            conn, token_ids=tokens, now=now, stale_before=stale
+                        )
             except Exception as exc:  # the database may be restarting: retry, then report
                 error = exc
                 if attempt + 1 < retries:

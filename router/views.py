@@ -15,8 +15,8 @@ from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
 from registry.models import Mapping, MappingHealth, MappingStatus, ProviderState
+from registry.task_types import CONVERSATIONAL
 from router.errors import RouterError
-from router.selection import CHAT_TASK
 
 
 def _usd_per_mtok(nanousd: int | None) -> float | None:
@@ -48,7 +48,7 @@ def _provider_entry(m: Mapping) -> dict:
 def _models(model_id: str | None = None) -> list[dict]:
     mappings = (
         Mapping.objects.filter(
-            task=CHAT_TASK,
+            task=CONVERSATIONAL,
             status=MappingStatus.LIVE,
             provider__state=ProviderState.ACTIVE,
             hub_model__isnull=False,
@@ -87,3 +87,9 @@ def model_detail(request, model_id: str):
         )
         return JsonResponse(error.as_dict(), status=404)
     return JsonResponse(models[0])
+
+
+def unknown_path(request, *args, **kwargs):
+    """Any other `/v1/` path served by Django: a 404 in OpenAI's shape, which clients parse."""
+    error = RouterError(404, f"No endpoint at {request.path}.", "not_found")
+    return JsonResponse(error.as_dict(), status=404)

@@ -523,6 +523,11 @@ def cmd_test(args: argparse.Namespace) -> int:
     fmt = subprocess.run(
         [PYTHON, "-m", "ruff", "format", "--check", "."], cwd=BASE_DIR, check=False
     )
+    # The import contract (DESIGN §2; [tool.importlinter] in pyproject.toml). No cache: it
+    # would leave a folder in the working tree, and the graph takes about a second to build.
+    imports = subprocess.run(
+        [str(VENV_BIN / "lint-imports"), "--no-cache", "--no-logo"], cwd=BASE_DIR, check=False
+    )
     with throwaway_services() as env:
         pytest_args = args.pytest_args or ["--cov", "--cov-report=term:skip-covered"]
         tests = subprocess.run(
@@ -530,7 +535,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         )
     if lint.returncode or fmt.returncode:
         say("ruff found problems (see above); `make format` fixes most of them")
-    verdict = lint.returncode or fmt.returncode or tests.returncode
+    if imports.returncode:
+        say(
+            "lint-imports: the import contract is broken (see 'Broken contracts' above): an app"
+            " imports a layer above it, core imports an app, or the simulator imports an app"
+        )
+    verdict = lint.returncode or fmt.returncode or imports.returncode or tests.returncode
     say("all checks passed" if verdict == 0 else f"FAILED (exit {verdict})")
     return verdict
 

@@ -13,9 +13,9 @@ from accounts.tests.factories import MembershipFactory, OrganizationFactory, Use
 from billing import services
 from billing.models import AccountKind, LedgerTransaction, UsageRecord
 from billing.selectors import invariant_violations
-from core.testing import celery_processes, wait_for
 from registry.tests.factories import ProviderFactory
 from simulator.costs import cost_nanousd
+from testsupport.processes import celery_processes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -45,7 +45,7 @@ def records(provider, payer, user, count: int) -> list[str]:
 
 
 def pools(payer) -> dict[str, int]:
-    return {k: a.balance_nanousd for k, a in services.pools_of(payer).items()}
+    return {k: a.balance_nanousd for k, a in services.pools_get(payer).items()}
 
 
 def shrink_included_to(payer, remaining: int) -> None:
@@ -64,18 +64,18 @@ def shrink_included_to(payer, remaining: int) -> None:
 
 def test_the_worker_and_beat_charge_users_and_organizations_in_pool_order(provider, tmp_path):
     pro = UserFactory(username="pro-user", plan="pro")
-    pro_payer = services.billing_account_for_user(user=pro)
+    pro_payer = services.billing_account_get_or_create_for_user(user=pro)
     shrink_included_to(pro_payer, 1_000)
     services.credits_top_up(
         billing_account=pro_payer, amount_nanousd=2_000, actor="test", idempotency_key="e2e-topup"
     )
     free = UserFactory(username="free-user", plan="free")
-    free_payer = services.billing_account_for_user(user=free)
+    free_payer = services.billing_account_get_or_create_for_user(user=free)
     shrink_included_to(free_payer, 500)
     org = OrganizationFactory(name="acme", plan="team", seats=2)
     member = UserFactory(username="acme-dev")
     MembershipFactory(user=member, organization=org)
-    org_payer = services.billing_account_for_organization(organization=org)
+    org_payer = services.billing_account_get_or_create_for_organization(organization=org)
 
     pro_ids = records(provider, pro_payer, pro, 5)
     free_ids = records(provider, free_payer, free, 3)
@@ -98,8 +98,8 @@ def test_the_worker_and_beat_charge_users_and_organizations_in_pool_order(provid
     assert pools(free_payer) == {"included": 0, "prepaid": 0, "payg": -(free_total - 500)}
     org_total = sum(cost_nanousd(i) for i in org_ids)
     assert pools(org_payer)["included"] == 2 * plans.ORG_SEAT_MONTHLY_NANOUSD - org_total
-    assert pools(services.billing_account_for_user(user=member))["included"] == 0
-    payable = services.provider_payable(provider=provider)
+    assert pools(services.billing_account_get_or_create_for_user(user=member))["included"] == 0
+    payable = services.provider_payable_get_or_create(provider=provider)
     assert payable.balance_nanousd == pro_total + free_total + org_total
     assert LedgerTransaction.objects.filter(kind="charge").count() == len(everything)
     assert invariant_violations() == []
@@ -109,7 +109,7 @@ def test_a_new_month_expires_unused_credits_and_grants_fresh_ones_through_the_wo
     provider, tmp_path
 ):
     user = UserFactory(username="monthly", plan="pro")
-    payer = services.billing_account_for_user(user=user)
+    payer = services.billing_account_get_or_create_for_user(user=user)
     last_month = timezone.now().replace(day=1) - timedelta(days=3)
     services.credits_ensure_month(billing_account=payer, now=last_month)
     ids = records(provider, payer, user, 3)
@@ -130,6 +130,6 @@ def test_a_new_month_expires_unused_credits_and_grants_fresh_ones_through_the_wo
     assert kinds.count("charge") == 3
     total = sum(cost_nanousd(i) for i in ids)
     assert pools(payer)["included"] == plans.PRO_USER_MONTHLY_NANOUSD - total
-    expired = services.platform_account(AccountKind.CREDITS_EXPIRED)
+    expired = services.platform_account_get_or_create(AccountKind.CREDITS_EXPIRED)
     assert expired.balance_nanousd == plans.PRO_USER_MONTHLY_NANOUSD
     assert invariant_violations() == []

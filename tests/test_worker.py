@@ -9,7 +9,7 @@ from django.conf import settings
 from config.celery import app
 from core.models import Heartbeat
 from core.tasks import heartbeat_record
-from core.testing import celery_processes, wait_for
+from testsupport.processes import celery_processes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

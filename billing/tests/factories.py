@@ -9,7 +9,7 @@ from registry.models import Provider
 
 
 def payer_for_new_user(**user_fields) -> BillingAccount:
-    return services.billing_account_for_user(user=UserFactory(**user_fields))
+    return services.billing_account_get_or_create_for_user(user=UserFactory(**user_fields))
 
 
 def pending_usage(

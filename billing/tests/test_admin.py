@@ -22,11 +22,13 @@ SUBMISSION_RE = re.compile(r'name="submission" value="([0-9a-f-]{36})"')
 
 @pytest.fixture
 def payer(db):
-    return services.billing_account_for_user(user=UserFactory(username="bob", plan="pro"))
+    return services.billing_account_get_or_create_for_user(
+        user=UserFactory(username="bob", plan="pro")
+    )
 
 
 def pools(payer) -> dict[str, int]:
-    return {k: a.balance_nanousd for k, a in services.pools_of(payer).items()}
+    return {k: a.balance_nanousd for k, a in services.pools_get(payer).items()}
 
 
 def open_form(staff_client, action: str, *accounts) -> tuple[str, str]:
@@ -60,7 +62,9 @@ def test_the_payer_list_shows_names_kinds_and_balances_in_usd(staff_client, paye
     services.credits_top_up(
         billing_account=payer, amount_nanousd=12_500_000_000, actor="t", idempotency_key="t"
     )
-    org = services.billing_account_for_organization(organization=OrganizationFactory(name="acme"))
+    org = services.billing_account_get_or_create_for_organization(
+        organization=OrganizationFactory(name="acme")
+    )
     services.ledger_adjust(
         billing_account=org,
         pool="payg",
@@ -191,7 +195,7 @@ def test_granting_credits_posts_included_credits_once_even_if_the_form_is_sent_t
     assert txn.memo == "promo"
     assert txn.billing_account == payer
     assert pools(payer)[AccountKind.INCLUDED] == plans.PRO_USER_MONTHLY_NANOUSD + 5_250_000_000
-    granted = services.platform_account(AccountKind.CREDITS_GRANTED)
+    granted = services.platform_account_get_or_create(AccountKind.CREDITS_GRANTED)
     assert granted.balance_nanousd == -(plans.PRO_USER_MONTHLY_NANOUSD + 5_250_000_000)
 
 
@@ -212,7 +216,7 @@ def test_topping_up_posts_prepaid_credits_once(staff_client, payer):
 
     assert postings(TransactionKind.TOP_UP) == 1
     assert pools(payer)[AccountKind.PREPAID] == 20 * USD
-    cash = services.platform_account(AccountKind.CASH)
+    cash = services.platform_account_get_or_create(AccountKind.CASH)
     assert cash.balance_nanousd == -20 * USD
 
 
@@ -242,11 +246,14 @@ def test_adjusting_moves_a_signed_amount_into_the_chosen_pool_once(staff_client,
     assert response.status_code == 200
     assert postings(TransactionKind.ADJUSTMENT) == 1
     assert pools(payer)[AccountKind.PAYG] == -1_000_000_001
-    assert services.platform_account(AccountKind.ADJUSTMENTS).balance_nanousd == 1_000_000_001
+    assert (
+        services.platform_account_get_or_create(AccountKind.ADJUSTMENTS).balance_nanousd
+        == 1_000_000_001
+    )
 
 
 def test_an_action_posts_for_every_selected_payer(staff_client, payer):
-    other = services.billing_account_for_user(user=UserFactory(username="eve"))
+    other = services.billing_account_get_or_create_for_user(user=UserFactory(username="eve"))
     _, submission = open_form(staff_client, "top_up", payer, other)
 
     submit(staff_client, "top_up", submission, payer, other, amount="2", reason="both")
@@ -298,7 +305,7 @@ def test_granting_or_topping_up_refuses_a_negative_amount(staff_client, payer, a
 def test_an_adjustment_that_would_make_a_pool_negative_is_refused_for_every_payer(
     staff_client, payer
 ):
-    rich = services.billing_account_for_user(user=UserFactory(username="rich"))
+    rich = services.billing_account_get_or_create_for_user(user=UserFactory(username="rich"))
     services.credits_top_up(
         billing_account=rich, amount_nanousd=10 * USD, actor="t", idempotency_key="r"
     )
@@ -350,8 +357,10 @@ def test_granting_extra_credits_twice_with_one_key_posts_once(payer):
 
 def test_usage_records_can_be_found_by_payer_name(staff_client):
     provider = ProviderFactory(slug="finder")
-    alice = services.billing_account_for_user(user=UserFactory(username="alice-payer"))
-    bob = services.billing_account_for_user(user=UserFactory(username="bob-payer"))
+    alice = services.billing_account_get_or_create_for_user(
+        user=UserFactory(username="alice-payer")
+    )
+    bob = services.billing_account_get_or_create_for_user(user=UserFactory(username="bob-payer"))
     pending_usage(provider=provider, payer=alice, request_id="req-alice")
     pending_usage(provider=provider, payer=bob, request_id="req-bob")
     page = staff_client.get(

@@ -46,10 +46,10 @@ class World:
         MembershipFactory(user=self.alice, organization=self.acme, role=Role.ADMIN)
         MembershipFactory(user=self.bob, organization=self.acme, role=Role.WRITE)
         self.payer = {
-            "alice": services.billing_account_for_user(user=self.alice),
-            "bob": services.billing_account_for_user(user=self.bob),
-            "carol": services.billing_account_for_user(user=self.carol),
-            "acme": services.billing_account_for_organization(organization=self.acme),
+            "alice": services.billing_account_get_or_create_for_user(user=self.alice),
+            "bob": services.billing_account_get_or_create_for_user(user=self.bob),
+            "carol": services.billing_account_get_or_create_for_user(user=self.carol),
+            "acme": services.billing_account_get_or_create_for_organization(organization=self.acme),
         }
         self.tokens = {u.username: token_for(u, "read") for u in (self.alice, self.bob, self.carol)}
         self.t0 = timezone.now() - timedelta(hours=1)
@@ -234,7 +234,9 @@ def test_the_ledger_leaves_out_transactions_that_moved_none_of_the_payers_money(
     free_org = OrganizationFactory(name="freeorg", plan="free")
     MembershipFactory(user=world.carol, organization=free_org)
     services.credits_ensure_month(
-        billing_account=services.billing_account_for_organization(organization=free_org)
+        billing_account=services.billing_account_get_or_create_for_organization(
+            organization=free_org
+        )
     )  # nothing to grant: recorded as an empty grant
 
     response = world.get(api_client, "carol", "/api/billing/accounts/freeorg/ledger")

@@ -12,14 +12,14 @@ from billing.models import LedgerTransaction, UsageRecord, UsageState
 from billing.selectors import invariant_violations
 from billing.tests.factories import payer_for_new_user, pending_usage
 from core.errors import DomainError
-from core.testing import run_threads
 from registry.tests.factories import ProviderFactory
+from testsupport.processes import run_threads
 
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
 
 def pools(payer) -> dict[str, int]:
-    return {k: a.balance_nanousd for k, a in services.pools_of(payer).items()}
+    return {k: a.balance_nanousd for k, a in services.pools_get(payer).items()}
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_a_charge_uses_included_then_prepaid_then_pay_as_you_go(provider):
 
     assert result.billed == 3
     assert pools(payer) == {"included": 0, "prepaid": 0, "payg": -200_000_000}
-    payable = services.provider_payable(provider=provider)
+    payable = services.provider_payable_get_or_create(provider=provider)
     assert payable.balance_nanousd == 3_200_000_000
     assert invariant_violations() == []
 
@@ -62,7 +62,7 @@ def test_a_bill_to_organization_pays_from_its_seats_credits(provider):
     org = OrganizationFactory(name="acme", plan="team", seats=3)
     member = UserFactory(username="dev")
     MembershipFactory(user=member, organization=org)
-    payer = services.billing_account_for_organization(organization=org)
+    payer = services.billing_account_get_or_create_for_organization(organization=org)
     services.usage_record_create(
         provider=provider,
         request_id="o1",
@@ -73,7 +73,7 @@ def test_a_bill_to_organization_pays_from_its_seats_credits(provider):
     )
     services.cost_batch_apply(provider=provider, costs={"o1": 1_000_000_000}, now=NOW)
     assert pools(payer)["included"] == 3 * plans.ORG_SEAT_MONTHLY_NANOUSD - 1_000_000_000
-    user_account = services.billing_account_for_user(user=member)
+    user_account = services.billing_account_get_or_create_for_user(user=member)
     assert pools(user_account) == {"included": 0, "prepaid": 0, "payg": 0}
 
 
@@ -159,7 +159,7 @@ def test_32_threads_charging_one_account_lose_no_update(provider):
     total = 32 * 10_000_000
     expected_payg = -(total - plans.FREE_USER_MONTHLY_NANOUSD - 5_000)
     assert pools(payer) == {"included": 0, "prepaid": 0, "payg": expected_payg}
-    assert services.provider_payable(provider=provider).balance_nanousd == total
+    assert services.provider_payable_get_or_create(provider=provider).balance_nanousd == total
     assert invariant_violations() == []
 
 
@@ -178,7 +178,7 @@ def test_a_refund_gives_each_pool_back_what_it_paid_once(provider):
     assert again is None
     expected = {"included": plans.FREE_USER_MONTHLY_NANOUSD, "prepaid": 0, "payg": 0}
     assert pools(payer) == expected
-    assert services.provider_payable(provider=provider).balance_nanousd == 0
+    assert services.provider_payable_get_or_create(provider=provider).balance_nanousd == 0
     record.refresh_from_db()
     assert record.state == UsageState.BILLED  # the charge stays; the refund is a new entry
     assert invariant_violations() == []

@@ -18,7 +18,7 @@ FEB = datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC)
 
 
 def balances(payer) -> dict[str, int]:
-    return {k: a.balance_nanousd for k, a in services.pools_of(payer).items()}
+    return {k: a.balance_nanousd for k, a in services.pools_get(payer).items()}
 
 
 def sums_match() -> bool:
@@ -36,7 +36,7 @@ def test_a_monthly_grant_is_posted_once_and_balances_follow_entries():
     assert services.credits_ensure_month(billing_account=payer, now=JAN) is True
     assert services.credits_ensure_month(billing_account=payer, now=JAN) is False
     assert balances(payer)[AccountKind.INCLUDED] == plans.PRO_USER_MONTHLY_NANOUSD
-    granted = services.platform_account(AccountKind.CREDITS_GRANTED)
+    granted = services.platform_account_get_or_create(AccountKind.CREDITS_GRANTED)
     granted.refresh_from_db()
     assert granted.balance_nanousd == -plans.PRO_USER_MONTHLY_NANOUSD
     assert sums_match()
@@ -47,7 +47,7 @@ def test_unused_included_credits_expire_before_the_next_months_grant():
     services.credits_ensure_month(billing_account=payer, now=JAN)
     services.credits_ensure_month(billing_account=payer, now=FEB)
     assert balances(payer)[AccountKind.INCLUDED] == plans.FREE_USER_MONTHLY_NANOUSD
-    expired = services.platform_account(AccountKind.CREDITS_EXPIRED)
+    expired = services.platform_account_get_or_create(AccountKind.CREDITS_EXPIRED)
     expired.refresh_from_db()
     assert expired.balance_nanousd == plans.FREE_USER_MONTHLY_NANOUSD
     kinds = list(
@@ -91,7 +91,7 @@ def test_the_database_refuses_to_update_or_delete_an_entry():
 
 def test_the_database_refuses_an_unbalanced_transaction():
     payer = payer_for_new_user()
-    prepaid = services.pools_of(payer)[AccountKind.PREPAID]
+    prepaid = services.pools_get(payer)[AccountKind.PREPAID]
     txn = LedgerTransaction.objects.create(kind="adjustment", idempotency_key="x", actor="sql")
     with (
         pytest.raises(IntegrityError, match="does not sum to zero"),
@@ -109,7 +109,7 @@ def test_the_database_refuses_an_unbalanced_transaction():
 
 def test_the_database_refuses_to_set_a_balance_directly():
     payer = payer_for_new_user()
-    prepaid = services.pools_of(payer)[AccountKind.PREPAID]
+    prepaid = services.pools_get(payer)[AccountKind.PREPAID]
     with pytest.raises(IntegrityError, match="only by posting"), transaction.atomic():
         LedgerAccount.objects.filter(pk=prepaid.pk).update(balance_nanousd=10**12)
 

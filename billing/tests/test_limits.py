@@ -25,12 +25,14 @@ def provider():
 
 
 def user_payer(plan: str = "free", name: str = "bob") -> BillingAccount:
-    return services.billing_account_for_user(user=UserFactory(username=name, plan=plan))
+    return services.billing_account_get_or_create_for_user(
+        user=UserFactory(username=name, plan=plan)
+    )
 
 
 def org_payer(*, plan: str = "team", seats: int = 1, limit: int | None = None, name="acme"):
     org = OrganizationFactory(name=name, plan=plan, seats=seats, spending_limit_nanousd=limit)
-    return services.billing_account_for_organization(organization=org)
+    return services.billing_account_get_or_create_for_organization(organization=org)
 
 
 def fresh(payer: BillingAccount) -> BillingAccount:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing import services
+from billing import selectors, services
 from billing.models import AccountKind
 from billing.selectors import invariant_violations
 from billing.tests.factories import payer_for_new_user, pending_usage
@@ -45,7 +45,7 @@ steps = st.lists(
 def test_random_money_movements_keep_every_invariant(plan, script):
     provider = ProviderFactory(slug=f"p-{uuid.uuid4().hex[:8]}")
     payer = payer_for_new_user(username=f"u-{uuid.uuid4().hex[:8]}", plan=plan)
-    monthly = services.monthly_credit_nanousd(payer)
+    monthly = selectors.monthly_credit_nanousd_get(billing_account=payer)
     now = START
     services.credits_ensure_month(billing_account=payer, now=now)
     model = {"included": monthly, "prepaid": 0, "payg": 0}
@@ -104,7 +104,7 @@ def test_random_money_movements_keep_every_invariant(plan, script):
             now = (now.replace(day=1) + timedelta(days=32)).replace(day=10)
             services.credits_ensure_month(billing_account=payer, now=now)
             model["included"] = monthly
-        balances = {k: a.balance_nanousd for k, a in services.pools_of(payer).items()}
+        balances = {k: a.balance_nanousd for k, a in services.pools_get(payer).items()}
         assert balances == model, step
         assert invariant_violations() == [], step
-    assert services.pools_of(payer)[AccountKind.INCLUDED].balance_nanousd >= 0
+    assert services.pools_get(payer)[AccountKind.INCLUDED].balance_nanousd >= 0

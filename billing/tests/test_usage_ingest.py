@@ -11,7 +11,7 @@ from accounts.tests.factories import (
     token_for,
 )
 from billing.models import UsageRecord
-from billing.usage import payer_resolve
+from billing.services import payer_resolve
 from core.errors import DomainError
 from registry.tests.factories import ProviderFactory
 

@@ -4,7 +4,9 @@ import pytest
 from django.core.management import call_command
 from django.urls import path
 
-from accounts.tests.factories import bearer
+
+def bearer(token: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
 def boom(request):

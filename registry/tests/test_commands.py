@@ -13,10 +13,10 @@ from django.test import override_settings
 
 from accounts.models import Organization, OrgPlan
 from accounts.tests.factories import OrganizationFactory
-from core.testing import manage_process
-from core.testing import run_command as run
 from registry.models import HubModel, Provider
 from registry.tests.factories import ProviderFactory
+from testsupport.processes import manage_process
+from testsupport.processes import run_command as run
 
 LLAMA = {
     "id": "meta-llama/Llama-3.1-8B-Instruct",

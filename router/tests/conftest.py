@@ -6,8 +6,8 @@ import pytest
 
 from accounts.models import Role
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory, token_for
-from core.testing import WebServer
 from registry.tests.factories import HubModelFactory, MappingFactory, ProviderFactory
+from testsupport.processes import WebServer
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 MESSAGES = [{"role": "user", "content": "Hello!"}]

@@ -18,9 +18,9 @@ from accounts.tests.factories import MembershipFactory, OrganizationFactory
 from billing import limits, services
 from billing.models import LedgerEntry, LedgerTransaction, UsageRecord
 from billing.polling import cost_poll_provider
-from core.testing import WebServer, run_threads, wait_for
 from registry.models import Mapping
 from simulator.costs import cost_nanousd
+from testsupport.processes import WebServer, run_threads, wait_for
 
 from .conftest import LLAMA, MESSAGES, chat
 
@@ -168,7 +168,7 @@ def test_spending_limit_holds_under_50_concurrent_requests(
         name="capped-team", plan="team", seats=1, spending_limit_nanousd=LIMIT
     )
     MembershipFactory(user=pro_user, organization=org)
-    payer = services.billing_account_for_organization(organization=org)
+    payer = services.billing_account_get_or_create_for_organization(organization=org)
     services.credits_ensure_month(billing_account=payer)
     services.ledger_adjust(
         billing_account=payer,

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from billing.models import BillingAccount, UsageRecord
-from core.testing import REPO_ROOT
+from testsupport.processes import REPO_ROOT
 
 from .conftest import LLAMA
 

@@ -76,5 +76,18 @@ def test_an_unknown_v1_path_is_an_openai_shaped_404(db):
     assert set(response.json()["error"]) == {"message", "type", "code"}
 
 
+def test_an_unknown_v1_path_is_served_by_the_router_not_the_hub_api_format(db):
+    response = APIClient().post("/v1/no/such/thing", {}, format="json")
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "error": {
+            "message": "No endpoint at /v1/no/such/thing.",
+            "type": "not_found_error",
+            "code": "not_found",
+        }
+    }
+
+
 def test_the_list_is_read_only(served):
     assert APIClient().post("/v1/models", {}).status_code == 405

@@ -12,19 +12,16 @@ from django.utils import timezone
 
 from accounts import plans
 from accounts.models import Role
-from accounts.services import (
-    Actor,
-    organization_provider_settings_update,
-    user_provider_settings_update,
-)
+from accounts.services import Actor
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory, token_for
 from billing import services as billing_services
 from billing.models import InFlight, LedgerTransaction, ProviderBillingHealth, UsageRecord
 from billing.polling import cost_poll_provider
 from billing.tests.factories import pending_usage
-from core.testing import WebServer, run_threads, wait_for
 from registry.models import Mapping, Provider
+from registry.services import organization_provider_settings_update, user_provider_settings_update
 from registry.tests.factories import HubModelFactory, MappingFactory, TagFilterMappingFactory
+from testsupport.processes import WebServer, run_threads, wait_for
 
 from .conftest import LLAMA, MESSAGES, chat, make_provider
 
@@ -547,7 +544,7 @@ def test_a_stream_broken_after_the_first_bytes_is_not_retried(server, sim, catal
 def test_a_free_user_without_credits_gets_a_402(server, sim, catalog):
     user, token = free_user_with_token("free-broke")
     drain_included_credits(
-        billing_services.billing_account_for_user(user=user),
+        billing_services.billing_account_get_or_create_for_user(user=user),
         plans.FREE_USER_MONTHLY_NANOUSD,
     )
 
@@ -562,7 +559,7 @@ def test_a_free_user_without_credits_gets_a_402(server, sim, catalog):
 def test_a_free_user_with_an_unpaid_balance_gets_a_402(server, sim, catalog):
     user, token = free_user_with_token("free-debtor")
     billing_services.ledger_adjust(
-        billing_account=billing_services.billing_account_for_user(user=user),
+        billing_account=billing_services.billing_account_get_or_create_for_user(user=user),
         pool="payg",
         amount_nanousd=-5_000_000,
         actor="test",
@@ -591,7 +588,7 @@ def test_an_org_with_no_credits_and_a_zero_limit_gets_a_402(
     org = OrganizationFactory(name="capped-team", plan="team", seats=1, spending_limit_nanousd=0)
     MembershipFactory(user=pro_user, organization=org)
     drain_included_credits(
-        billing_services.billing_account_for_organization(organization=org),
+        billing_services.billing_account_get_or_create_for_organization(organization=org),
         plans.ORG_SEAT_MONTHLY_NANOUSD,
     )
 
@@ -611,7 +608,7 @@ def test_an_org_at_its_spending_limit_gets_a_402_until_the_limit_is_raised(
         name="spender", plan="team", seats=1, spending_limit_nanousd=1_000_000_000
     )
     MembershipFactory(user=pro_user, organization=org)
-    account = billing_services.billing_account_for_organization(organization=org)
+    account = billing_services.billing_account_get_or_create_for_organization(organization=org)
     earlier = pending_usage(provider=catalog["together"], payer=account, request_id="earlier-1")
     # $3 charged: the $2 of included credits, then $1 of pay-as-you-go (the limit).
     result = billing_services.cost_batch_apply(
@@ -640,11 +637,11 @@ def test_pay_as_you_go_payers_without_a_limit_are_served_without_credits(
     server, sim, catalog, pro_user, pro_token, team_org
 ):
     drain_included_credits(
-        billing_services.billing_account_for_user(user=pro_user),
+        billing_services.billing_account_get_or_create_for_user(user=pro_user),
         plans.PRO_USER_MONTHLY_NANOUSD,
     )
     drain_included_credits(
-        billing_services.billing_account_for_organization(organization=team_org),
+        billing_services.billing_account_get_or_create_for_organization(organization=team_org),
         plans.ORG_SEAT_MONTHLY_NANOUSD * team_org.seats,
     )
 
@@ -663,7 +660,7 @@ def test_concurrent_requests_cannot_overrun_a_spending_limit(
     org = OrganizationFactory(name="tight", plan="team", seats=1, spending_limit_nanousd=100_000)
     MembershipFactory(user=pro_user, organization=org)
     drain_included_credits(
-        billing_services.billing_account_for_organization(organization=org),
+        billing_services.billing_account_get_or_create_for_organization(organization=org),
         plans.ORG_SEAT_MONTHLY_NANOUSD,
     )
     set_faults(sim, "groq", latency_ms=1500)  # all are in flight together
@@ -745,7 +742,7 @@ def test_byok_sends_the_users_key_and_charges_nothing(server, sim, catalog, pro_
 def test_byok_is_served_even_without_credits(server, sim, catalog):
     user, token = free_user_with_token("free-byok")
     drain_included_credits(
-        billing_services.billing_account_for_user(user=user),
+        billing_services.billing_account_get_or_create_for_user(user=user),
         plans.FREE_USER_MONTHLY_NANOUSD,
     )
     user_provider_settings_update(user=user, actor=Actor(user=user), keys={"groq": USER_KEY})

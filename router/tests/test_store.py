@@ -8,18 +8,19 @@ import pytest
 
 from billing.models import UsageRecord
 from billing.tests.factories import payer_for_new_user
+from billing.usage_row import UsageRow
 from registry.tests.factories import ProviderFactory
-from router.store import Store, UsageRow
+from router.store import Store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def row(provider, payer, request_id: str, *, user_id=None) -> UsageRow:
-    return UsageRow(
+    return UsageRow.build(
         provider_id=provider.pk, request_id=request_id, user_id=user_id or payer.user_id,
-        payer_id=payer.pk, hub_model_id="a/b", provider_model="b", http_status=200,
-        prompt_tokens=3, completion_tokens=5, estimated_cost_nanousd=10, state="pending",
-        created_at=datetime.now(UTC),
+        payer_id=payer.pk, hub_model_id="a/b", provider_model="b", task="conversational",
+        http_status=200, prompt_tokens=3, completion_tokens=5, estimated_cost_nanousd=10,
+        byok=False, created_at=datetime.now(UTC),
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from simulator.testing import running_simulator
+from testsupport.simulator import running_simulator
 
 
 @pytest.fixture(scope="session")

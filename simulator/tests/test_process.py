@@ -9,15 +9,15 @@ import sys
 import httpx
 import pytest
 
-from simulator.testing import (
+from simulator.tests.conftest import Provider
+from testsupport.net import free_port
+from testsupport.simulator import (
     REPO_ROOT,
     environment_without_django,
-    free_port,
     start_process,
     stop,
     wait_until_up,
 )
-from simulator.tests.conftest import Provider
 
 
 def test_the_simulator_imports_and_builds_its_app_without_django():

@@ -17,9 +17,9 @@ from billing import polling, services
 from billing.models import LedgerTransaction, UsageRecord
 from billing.tasks import cost_poll_provider
 from billing.tests.factories import payer_for_new_user
-from core.testing import CeleryProcess, wait_for
 from registry.tests.factories import ProviderFactory
 from simulator.costs import cost_nanousd
+from testsupport.processes import CeleryProcess, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -118,7 +118,7 @@ def test_a_worker_killed_while_applying_a_batch_charges_nothing_then_exactly_onc
     provider, tmp_path
 ):
     ids = pending_records(provider, 2000)
-    payable = services.provider_payable(provider=provider)
+    payable = services.provider_payable_get_or_create(provider=provider)
     # Hold the provider's payable account: the worker's batch blocks inside its transaction,
     # after it has locked the usage records and before it commits anything.
     blocker = connection.copy()

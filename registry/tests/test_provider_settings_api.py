@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from huggingface_hub import HfApi
 
-from accounts.models import Organization, ProviderKey, Role, SettingsChange, User
+from accounts.models import Organization, Role, SettingsChange, User
 from accounts.tests.factories import (
     MembershipFactory,
     OrganizationFactory,
@@ -16,6 +16,7 @@ from accounts.tests.factories import (
     bearer,
     token_for,
 )
+from registry.models import ProviderKey
 from registry.tests.factories import ProviderFactory
 
 pytestmark = pytest.mark.django_db

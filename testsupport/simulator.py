@@ -1,4 +1,4 @@
-"""Start a real simulator process for tests (used by the simulator's and the billing suites).
+"""Start a real simulator process for tests (the simulator's, billing's and router's suites).
 
 The process runs `python -m uvicorn simulator.app:app` on a free loopback port, without Django
 settings in its environment, and is stopped when the context ends.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,9 @@ from pathlib import Path
 
 import httpx
 
+from testsupport.net import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def environment_without_django() -> dict[str, str]:

@@ -1,4 +1,6 @@
-"""Helpers shared by the test suites (imported by tests only)."""
+"""Process and concurrency helpers for the Django test suites (imported by tests only):
+management commands in-process or as processes, Celery and web server processes on the test
+database, threads released together, polling."""
 
 import contextlib
 import io
@@ -10,13 +12,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote
 
 from django.conf import settings
 from django.core.management import call_command
 from django.db import close_old_connections, connection
+
+from testsupport.net import free_port
 
 REPO_ROOT = Path(settings.BASE_DIR)
 
@@ -135,75 +138,6 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, every_s: 
     return None
 
 
-class _FormFields(HTMLParser):
-    """The values a browser would submit for each POST form of a page."""
-
-    def __init__(self):
-        super().__init__()
-        self.forms: list[list[tuple[str, str]]] = []
-        self._in_form = False
-        self._select: str | None = None
-        self._textarea = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "form" and (a.get("method") or "").lower() == "post":
-            self._in_form = True
-            self.forms.append([])
-            return
-        if not self._in_form:
-            return
-        fields = self.forms[-1]
-        if tag == "option" and self._select and "selected" in a:
-            fields.append((self._select, a.get("value") or ""))
-        if "name" not in a:
-            return
-        if tag == "input":
-            kind = (a.get("type") or "text").lower()
-            if kind in ("submit", "button", "file", "image"):
-                return
-            if kind in ("checkbox", "radio") and "checked" not in a:
-                return
-            fields.append((a["name"], a.get("value") or ("on" if kind == "checkbox" else "")))
-        elif tag == "select":
-            self._select = a["name"]
-        elif tag == "textarea":
-            self._textarea = True
-            fields.append((a["name"], ""))
-
-    def handle_data(self, data):
-        if self._textarea:
-            name, value = self.forms[-1][-1]
-            self.forms[-1][-1] = (name, value + data)
-
-    def handle_endtag(self, tag):
-        if tag == "select":
-            self._select = None
-        elif tag == "textarea":
-            self._textarea = False
-        elif tag == "form":
-            self._in_form = False
-
-
-def admin_form_data(page_html: str, **changes) -> dict:
-    """The POST data of an admin change form as rendered (the page's largest POST form, with
-    inline management forms), with `changes` applied: a value replaces the field; a list sets
-    a multi-value field; None removes it."""
-    parser = _FormFields()
-    parser.feed(page_html)
-    data: dict[str, list[str]] = {}
-    for name, value in max(parser.forms, key=len, default=[]):
-        data.setdefault(name, []).append(value)
-    for name, value in changes.items():
-        if value is None:
-            data.pop(name, None)
-        else:
-            data[name] = value if isinstance(value, list) else [value]
-    return {
-        k: v if len(v) > 1 else v[0] for k, v in data.items() if v and k != "csrfmiddlewaretoken"
-    }
-
-
 def run_threads(count: int, target) -> list[BaseException]:
     """Runs `target(i)` in `count` threads released together; returns what they raised."""
     errors: list[BaseException] = []
@@ -237,8 +171,6 @@ class WebServer:
         self.url = ""
 
     def start(self) -> "WebServer":
-        from simulator.testing import free_port
-
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         with self.log.open("ab") as out:

@@ -11,9 +11,8 @@ from django.utils import timezone
 from accounts import selectors, services
 from accounts.models import OrgPlan, SettingsSource
 from billing import services as billing_services
-from billing import usage
 from billing.models import BillingAccount, UsageRecord
-from core.errors import Conflict
+from core.errors import DomainError, Kind
 from core.management.base import ServiceCommand
 from core.money import usd_to_nanousd
 from registry import selectors as registry_selectors
@@ -92,13 +91,13 @@ class Command(ServiceCommand):
         for name, settings_spec in spec.get("users", {}).items():
             user = selectors.user_get(name=name)
             if user is not None and not user.provider_order:
-                services.user_provider_settings_update(
+                registry_services.user_provider_settings_update(
                     user=user, actor=actor, order=settings_spec["order"]
                 )
         for name, settings_spec in spec.get("organizations", {}).items():
             org = selectors.organization_get(name=name)
             if org is not None and not org.disabled_providers:
-                services.organization_provider_settings_update(
+                registry_services.organization_provider_settings_update(
                     organization=org,
                     actor=actor,
                     disabled_providers=settings_spec["disabledProviders"],
@@ -149,8 +148,10 @@ class Command(ServiceCommand):
                     status=mapping.get("status", "live"),
                 )
                 created += 1
-            except Conflict:
-                pass  # already loaded
+            except DomainError as exc:
+                if exc.kind != Kind.CONFLICT:
+                    raise
+                # already loaded
         return created
 
     def load_usage(self, spec: dict) -> int:
@@ -158,11 +159,13 @@ class Command(ServiceCommand):
         and a few pending usage records that the running worker then polls from the
         simulator and charges (so the admin and the billing API show a working ledger)."""
         users = [selectors.user_get(name=name) for name in spec["payers"]]
-        accounts = [billing_services.billing_account_for_user(user=u) for u in users]
+        accounts = [billing_services.billing_account_get_or_create_for_user(user=u) for u in users]
         for name in spec["organizations"]:
             org = selectors.organization_get(name=name)
-            accounts.append(billing_services.billing_account_for_organization(organization=org))
-        billing_services.credits_ensure_month_many(
+            accounts.append(
+                billing_services.billing_account_get_or_create_for_organization(organization=org)
+            )
+        billing_services.credits_grant_month_due(  # inside handle()'s transaction
             billing_accounts=[
                 BillingAccount.objects.select_related("user", "organization").get(pk=a.pk)
                 for a in accounts
@@ -172,7 +175,7 @@ class Command(ServiceCommand):
         created = 0
         for i, record in enumerate(spec["records"]):
             user = selectors.user_get(name=record["user"])
-            payer = usage.payer_resolve(user=user, bill_to=record.get("billTo"))
+            payer = billing_services.payer_resolve(user=user, bill_to=record.get("billTo"))
             request_id = f"sim-{provider.slug}-demo{i:020d}"
             before = UsageRecord.objects.filter(provider=provider, request_id=request_id)
             if before.exists():

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Organization, User
 from accounts.tests.factories import bearer
-from core.management.commands.demo_load import DEFAULT_FILE
+from demo.management.commands.demo_load import DEFAULT_FILE
 from registry.models import HubModel, Mapping, MappingStatus, MappingType, Provider
 from registry.task_types import model_supports_task
 

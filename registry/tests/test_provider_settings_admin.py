@@ -4,11 +4,13 @@ with the admin's name), custom keys are write-only and shown masked."""
 import pytest
 from django.urls import reverse
 
-from accounts.models import Organization, ProviderKey, SettingsChange, User
-from accounts.services import Actor, user_provider_settings_update
+from accounts.models import Organization, SettingsChange, User
+from accounts.services import Actor
 from accounts.tests.factories import OrganizationFactory, UserFactory
-from core.testing import admin_form_data
+from registry.models import ProviderKey
+from registry.services import user_provider_settings_update
 from registry.tests.factories import ProviderFactory
+from testsupport.admin_forms import admin_form_data
 
 pytestmark = pytest.mark.django_db
 

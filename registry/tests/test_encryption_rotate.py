@@ -9,12 +9,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test import override_settings
 
-from accounts.models import ProviderKey
-from accounts.services import Actor, user_provider_settings_update
+from accounts.services import Actor
 from accounts.tests.factories import UserFactory
-from core.testing import REPO_ROOT, run_command, subprocess_env
-from registry.models import Provider
+from registry.models import Provider, ProviderKey
+from registry.services import user_provider_settings_update
 from registry.tests.factories import ProviderFactory
+from testsupport.processes import REPO_ROOT, run_command, subprocess_env
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +43,7 @@ def secrets_under_old_key(settings):
 
 
 def test_a_custom_key_is_not_stored_in_clear(secrets_under_old_key):
-    (raw,) = stored("accounts_providerkey", "key")
+    (raw,) = stored("registry_providerkey", "key")
 
     assert raw.startswith("fernet:")
     assert USER_KEY not in raw
@@ -51,7 +51,7 @@ def test_a_custom_key_is_not_stored_in_clear(secrets_under_old_key):
 
 
 def test_rotation_reencrypts_everything_under_the_new_key(secrets_under_old_key):
-    before_user = stored("accounts_providerkey", "key")
+    before_user = stored("registry_providerkey", "key")
     before_platform = stored("registry_provider", "api_key")
 
     with override_settings(FIELD_ENCRYPTION_KEY="new-key,old-key"):
@@ -60,10 +60,10 @@ def test_rotation_reencrypts_everything_under_the_new_key(secrets_under_old_key)
         again = rotate()
 
     assert "2 value(s) to rotate" in check
-    assert "accounts.ProviderKey.key: 0 under the first key, 1 under an older key" in check
+    assert "registry.ProviderKey.key: 0 under the first key, 1 under an older key" in check
     assert "OK: 2 value(s) re-encrypted" in output
     assert "OK: 0 value(s) re-encrypted" in again
-    assert stored("accounts_providerkey", "key") != before_user
+    assert stored("registry_providerkey", "key") != before_user
     assert stored("registry_provider", "api_key") != before_platform
     with override_settings(FIELD_ENCRYPTION_KEY="new-key"):  # the old key dropped
         assert ProviderKey.objects.get().key == USER_KEY
@@ -79,7 +79,7 @@ def test_without_rotation_dropping_the_old_key_makes_keys_unreadable(secrets_und
 
 
 def test_rotation_changes_nothing_when_a_value_is_unreadable(secrets_under_old_key):
-    before = stored("accounts_providerkey", "key") + stored("registry_provider", "api_key")
+    before = stored("registry_providerkey", "key") + stored("registry_provider", "api_key")
 
     with (
         override_settings(FIELD_ENCRYPTION_KEY="new-key,wrong-old-key"),
@@ -88,7 +88,7 @@ def test_rotation_changes_nothing_when_a_value_is_unreadable(secrets_under_old_k
         rotate()
 
     assert exit_info.value.code == 1
-    assert stored("accounts_providerkey", "key") + stored("registry_provider", "api_key") == before
+    assert stored("registry_providerkey", "key") + stored("registry_provider", "api_key") == before
     assert ProviderKey.objects.get().key == USER_KEY  # still readable with the real old key
 
 

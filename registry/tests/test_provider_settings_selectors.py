@@ -9,15 +9,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts import selectors
-from accounts.services import (
-    Actor,
-    organization_provider_settings_update,
-    user_provider_settings_update,
-)
+from accounts.services import Actor
 from accounts.tests.factories import MembershipFactory, OrganizationFactory, UserFactory
-from core.testing import run_threads
-from registry.selectors import viewer_for
+from registry.selectors import user_provider_key, user_provider_key_list, viewer_for
+from registry.services import organization_provider_settings_update, user_provider_settings_update
 from registry.tests.factories import ProviderFactory
+from testsupport.processes import run_threads
 
 pytestmark = pytest.mark.django_db
 
@@ -64,25 +61,25 @@ def test_a_users_key_is_returned_decrypted_for_that_provider_only(providers):
         user=alice, actor=Actor(user=alice), keys={"together": "tgp-alice-key-0001"}
     )
 
-    assert selectors.user_provider_key(user=alice, provider_slug="together") == "tgp-alice-key-0001"
-    assert selectors.user_provider_key(user=alice, provider_slug="groq") is None
-    assert selectors.user_provider_key(user=bob, provider_slug="together") is None
-    assert selectors.user_provider_key(user=alice, provider_slug="no-such-provider") is None
+    assert user_provider_key(user=alice, provider_slug="together") == "tgp-alice-key-0001"
+    assert user_provider_key(user=alice, provider_slug="groq") is None
+    assert user_provider_key(user=bob, provider_slug="together") is None
+    assert user_provider_key(user=alice, provider_slug="no-such-provider") is None
 
 
 def test_replacing_a_key_keeps_one_row_and_returns_the_new_key(providers):
     user = UserFactory()
     actor = Actor(user=user)
     user_provider_settings_update(user=user, actor=actor, keys={"groq": "gsk-old-key-1111"})
-    first = selectors.user_provider_key_list(user=user).get()
+    first = user_provider_key_list(user=user).get()
 
     user_provider_settings_update(user=user, actor=actor, keys={"groq": "gsk-new-key-2222"})
 
-    (key,) = selectors.user_provider_key_list(user=user)
+    (key,) = user_provider_key_list(user=user)
     assert key.pk == first.pk
     assert key.created_at == first.created_at
     assert (key.key, key.last4, key.masked) == ("gsk-new-key-2222", "2222", "…2222")
-    assert selectors.user_provider_key(user=user, provider_slug="groq") == "gsk-new-key-2222"
+    assert user_provider_key(user=user, provider_slug="groq") == "gsk-new-key-2222"
 
 
 def test_an_organizations_disabled_providers(providers):
@@ -122,7 +119,7 @@ def test_concurrent_changes_of_one_key_are_serialized_and_each_is_audited(provid
     errors = run_threads(8, set_key)
 
     assert errors == []
-    (key,) = selectors.user_provider_key_list(user=user)
+    (key,) = user_provider_key_list(user=user)
     history = list(selectors.settings_change_list(user=user).order_by("id"))
     assert len(history) == 8
     # Each change saw the previous one: the audit trail is one unbroken chain.
