@@ -2,7 +2,7 @@
 tables goes through these functions, on an `AsyncConnection` the router passes in.
 
 The router holds no billing SQL. The statements shared with a synchronous writer are defined
-once beside it and imported here by name (`billing.usage_row.USAGE_ROWS_INSERT_SQL`,
+once beside it and imported here by name (`billing.usage_row.USAGE_ROW_INSERT_SQL`,
 `billing.limits.BALANCES_SQL`); the rest is defined here. Rows are read by column name
 (`dict_row` / `class_row`) and enum values are bound as parameters.
 """
@@ -25,7 +25,7 @@ from billing.limits import (
     state_from_row,
     state_params,
 )
-from billing.usage_row import USAGE_ROWS_INSERT_SQL, UsageRow, usage_rows_params
+from billing.usage_row import USAGE_ROW_INSERT_SQL, UsageRow, usage_row_params
 
 # Successes without a request-ID header, counted against each provider (one id per answer).
 MISSING_REQUEST_IDS_SQL = """
@@ -60,7 +60,8 @@ class _Id:
 async def usage_rows_insert(conn: AsyncConnection, rows: Sequence[UsageRow]) -> None:
     """Writes usage rows (one statement), idempotent on (provider, request ID)."""
     if rows:
-        await conn.execute(USAGE_ROWS_INSERT_SQL, usage_rows_params(rows))
+        async with conn.cursor() as cursor:
+            await cursor.executemany(USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in rows])
 
 
 async def missing_request_ids_count(conn: AsyncConnection, *, provider_ids: Sequence[int]) -> None:
