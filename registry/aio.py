@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from psycopg import AsyncConnection
-from psycopg.rows import class_row, kwargs_row
+from psycopg.rows import class_row, dict_row, kwargs_row
 
 from core.fields import decrypt
 from registry.models import MappingType, ProviderKey, ProviderState
@@ -170,5 +170,6 @@ async def chat_candidates_by_provider_model(
 
 async def provider_keys_of(conn: AsyncConnection, *, user_id: int) -> dict[int, str]:
     """The user's own provider keys, decrypted: {provider id: key}. Never log them."""
-    cursor = await conn.execute(_PROVIDER_KEYS_SQL, {"user_id": user_id})
-    return {provider_id: decrypt(key) for provider_id, key in await cursor.fetchall()}
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(_PROVIDER_KEYS_SQL, {"user_id": user_id})
+        return {r["provider_id"]: decrypt(r["key"]) for r in await cursor.fetchall()}

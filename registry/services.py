@@ -164,7 +164,7 @@ def partner_access_check(*, provider: Provider, user: User, token) -> None:
         raise DomainError(
             "plan_insufficient",
             f"The organization '{org.name}' is on the '{org.plan}' plan; the Model Mapping "
-            "API needs a team or enterprise plan.",
+            f"API needs a {' or '.join(plans.org_plans_with('partner_api'))} plan.",
             kind=Kind.FORBIDDEN,
         )
 

@@ -29,12 +29,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from billing.usage_row import UsageRow
 from django.conf import settings
 
 from accounts import rules as accounts_rules
 from accounts.aio import OrgRow
 from billing import limits
+from billing.usage_row import UsageRow
 from core.errors import DomainError
 from registry import rules as registry_rules
 from registry.aio import ChatCandidate, ProviderRow

@@ -187,7 +187,9 @@ class Store:
                 user_id=user_id, org_id=org_id
             )
 
-        return await self.payers.get((user_id, org_id), load)
+        # An organization's account is shared by its members: one cache entry for all of them.
+        key = ("org", org_id) if org_id is not None else ("user", user_id)
+        return await self.payers.get(key, load)
 
     async def reserve(self, terms: limits.PayerTerms, estimate: int):
         if terms.always_allowed:

@@ -141,9 +141,15 @@ def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None
             try:
                 rules.bill_to_check(requested=record["billTo"], org=org if member else None)
             except DomainError as exc:
+                # The rule's own words address the caller; here a service records for `user`.
+                message = (
+                    f"{record['user']!r} is not a member of {record['billTo']!r}."
+                    if exc.code == "bill_to_not_member"
+                    else exc.message
+                )
                 raise DomainError(
                     exc.code,
-                    f"records[{i}].billTo: {exc.message}",
+                    f"records[{i}].billTo: {message}",
                     field=f"records[{i}].billTo",
                     kind=exc.kind,
                 ) from None
