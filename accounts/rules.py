@@ -70,14 +70,22 @@ class NamedOrg(Protocol):
     plan: str
 
 
-def bill_to_check(*, requested: str, org: NamedOrg | None, field: str = "X-HF-Bill-To") -> None:
+def bill_to_check(
+    *,
+    requested: str,
+    org: NamedOrg | None,
+    field: str = "X-HF-Bill-To",
+    user_name: str | None = None,
+) -> None:
     """May a user bill requests to the organization named `requested`? `org` is that
     organization if the user is a member of it, else None (an unknown organization reads as
     "not a member", so names stay private). Its plan must allow bill-to (`accounts.plans`)."""
     if org is None:
         raise DomainError(
             "bill_to_not_member",
-            f"You are not a member of the organization {requested!r}; you cannot bill "
+            f"{user_name!r} is not a member of {requested!r}."  # a service records for a user
+            if user_name
+            else f"You are not a member of the organization {requested!r}; you cannot bill "
             "requests to it.",
             field=field,
             kind=Kind.FORBIDDEN,

@@ -139,17 +139,15 @@ def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None
             org = orgs.get(record["billTo"])
             member = org is not None and (user.pk, org.pk) in memberships
             try:
-                rules.bill_to_check(requested=record["billTo"], org=org if member else None)
-            except DomainError as exc:
-                # The rule's own words address the caller; here a service records for `user`.
-                message = (
-                    f"{record['user']!r} is not a member of {record['billTo']!r}."
-                    if exc.code == "bill_to_not_member"
-                    else exc.message
+                rules.bill_to_check(
+                    requested=record["billTo"],
+                    org=org if member else None,
+                    user_name=record["user"],
                 )
+            except DomainError as exc:
                 raise DomainError(
                     exc.code,
-                    f"records[{i}].billTo: {message}",
+                    f"records[{i}].billTo: {exc.message}",
                     field=f"records[{i}].billTo",
                     kind=exc.kind,
                 ) from None
