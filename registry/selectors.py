@@ -156,7 +156,9 @@ _ROW_FIELDS = (
 
 
 def _visible(viewer: Viewer) -> Q:
-    """`registry.rules.mapping_visible` as a filter, for the model list's EXISTS queries."""
+    """`registry.rules.mapping_visible` as a filter, for the model list's EXISTS queries (a
+    test pins that both agree). Resolving a model's providers applies the rule itself
+    (`_resolve`), so the candidate queries below do not filter on visibility."""
     if viewer.organization_ids:
         return Q(status=MappingStatus.LIVE) | Q(
             provider__organization_id__in=viewer.organization_ids
@@ -164,16 +166,18 @@ def _visible(viewer: Viewer) -> Q:
     return Q(status=MappingStatus.LIVE)
 
 
-def _candidate_rows(models: Sequence[HubModel], viewer: Viewer) -> list[_Row]:
+def _candidate_rows(models: Sequence[HubModel]) -> list[_Row]:
+    """Mappings of active providers that may apply to these models, staging ones included:
+    who may see them is decided per viewer in `_resolve`."""
     if not models:
         return []
     all_tags = sorted({tag for m in models for tag in m.tags})
     applies = Q(type=MappingType.SINGLE_MODEL, hub_model_id__in=[m.pk for m in models])
     if all_tags:
         applies |= Q(type=MappingType.TAG_FILTER, tags__contained_by=all_tags)
-    rows = Mapping.objects.filter(
-        applies, _visible(viewer), provider__state=ProviderState.ACTIVE
-    ).values_list(*_ROW_FIELDS)
+    rows = Mapping.objects.filter(applies, provider__state=ProviderState.ACTIVE).values_list(
+        *_ROW_FIELDS
+    )
     return [_Row(r[0], r[1], r[2], tuple(r[3]), *r[4:]) for r in rows]
 
 
@@ -231,7 +235,7 @@ def provider_mapping_for_models(
     *, models: Sequence[HubModel], viewer: Viewer = ANONYMOUS
 ) -> dict[int, ProviderMapping]:
     """Resolved providers for many hub models in one query: {hub model pk: ProviderMapping}."""
-    rows = _candidate_rows(models, viewer)
+    rows = _candidate_rows(models)
     return {m.pk: _resolve(m, rows, viewer) for m in models}
 
 
@@ -259,7 +263,6 @@ LEFT JOIN LATERAL (
         WHERE m.type = %(tag_filter)s AND m.tags <@ hm.tags
     ) m
     JOIN registry_provider p ON p.id = m.provider_id AND p.state = %(active)s
-    WHERE m.status = %(live)s OR p.organization_id = ANY(%(member_of)s)
 ) c ON true
 WHERE hm.model_id = %(model_id)s
 """
@@ -276,8 +279,6 @@ def hub_model_lookup(
                 "single_model": MappingType.SINGLE_MODEL,
                 "tag_filter": MappingType.TAG_FILTER,
                 "active": ProviderState.ACTIVE,
-                "live": MappingStatus.LIVE,
-                "member_of": list(viewer.organization_ids),
                 "model_id": model_id,
             },
         )
