@@ -31,6 +31,7 @@ from accounts.models import (
 from accounts.permissions import FINE_GRAINED_PERMISSIONS
 from accounts.tokens import DISPLAY_PREFIX_LENGTH, token_generate, token_hash
 from core.errors import DomainError, Kind
+from core.transactions import requires_atomic
 
 TOKEN_NAME_MAX_LENGTH = 100
 FULLNAME_MAX_LENGTH = 255
@@ -291,12 +292,14 @@ def settings_change_record(
     )
 
 
+@requires_atomic
 def user_lock(*, user: User) -> User:
     """The user's row, locked until the transaction ends: serializes settings changes of one
-    user, so the audit trail's old values are exact. Call inside a transaction."""
+    user, so the audit trail's old values are exact."""
     return User.objects.select_for_update().get(pk=user.pk)
 
 
+@requires_atomic
 def organization_lock(*, organization: Organization) -> Organization:
     """The organization's row, locked until the transaction ends (see `user_lock`)."""
     return Organization.objects.select_for_update().get(pk=organization.pk)
@@ -307,11 +310,12 @@ SPENDING_LIMIT_MAX_NANOUSD = 10**18
 UNSET: Any = object()
 
 
+@requires_atomic
 def user_provider_order_set(*, user: User, actor: Actor, order: list[str]) -> None:
     """Replaces the user's provider order and records the change (nothing if unchanged).
 
     `order` must already be validated against the providers (`registry.services.
-    user_provider_settings_update` does it). Call inside a transaction."""
+    user_provider_settings_update` does it)."""
     locked = user_lock(user=user)
     if list(locked.provider_order) == order:
         return
@@ -340,6 +344,7 @@ def spending_limit_clean(value: int | None, *, field: str = "spendingLimit") -> 
     return value
 
 
+@requires_atomic
 def organization_provider_settings_set(
     *,
     organization: Organization,
@@ -350,7 +355,7 @@ def organization_provider_settings_set(
     """Writes the organization's spending limit and/or disabled providers, recording each
     change; arguments left out are unchanged. Values must already be clean
     (`spending_limit_clean`; `disabled_providers` sorted and validated against the providers by
-    `registry.services.organization_provider_settings_update`). Call inside a transaction."""
+    `registry.services.organization_provider_settings_update`)."""
     updates: dict[str, Any] = {}
     locked = organization_lock(organization=organization)
     if (

@@ -532,10 +532,10 @@ def user_provider_settings_update(
             )
         provider_slugs_clean(list(keys), field="keys")
         keys = {slug: provider_key_clean(key, field=f"keys.{slug}") for slug, key in keys.items()}
-    locked = accounts_services.user_lock(user=user)
     if order is not None:
         accounts_services.user_provider_order_set(user=user, actor=actor, order=order)
     if keys:
+        locked = accounts_services.user_lock(user=user)  # held already if the order changed
         providers = selectors.provider_map(slugs=keys)
         existing = {k.provider_id: k for k in ProviderKey.objects.filter(user=locked)}
         for slug, key in keys.items():
