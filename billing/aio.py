@@ -58,7 +58,7 @@ class _Id:
 
 
 async def usage_rows_insert(conn: AsyncConnection, rows: Sequence[UsageRow]) -> None:
-    """Writes usage rows (one statement), idempotent on (provider, request ID)."""
+    """Writes usage rows (one pipelined round trip), idempotent on (provider, request ID)."""
     if rows:
         async with conn.cursor() as cursor:
             await cursor.executemany(USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in rows])
@@ -73,8 +73,7 @@ async def missing_request_ids_count(conn: AsyncConnection, *, provider_ids: Sequ
 
 async def payer_id_get(conn: AsyncConnection, *, user_id: int, org_id: int | None) -> int | None:
     """The billing account id of the organization `org_id` if given, else of the user; None if
-    it has none yet (create it with
-    `billing.services.billing_account_get_or_create_for_user` / `_for_organization`)."""
+    it has none yet (create it with `billing.services.billing_account_id_get_or_create`)."""
     kind, owner = ("org", org_id) if org_id is not None else ("user", user_id)
     async with conn.cursor(row_factory=class_row(_Id)) as cursor:
         await cursor.execute(PAYER_SQL[kind], (owner,))

@@ -46,7 +46,7 @@ from django.utils import timezone
 
 from accounts import plans
 from billing.models import AccountKind, BillingAccount, InFlight, TransactionKind, UsageState
-from billing.selectors import month_bounds
+from billing.selectors import grant_key, month_bounds, month_label
 from core.money import format_usd
 
 ALLOWED = "ok"
@@ -116,7 +116,7 @@ def state_params(payer_id: int, now: datetime) -> dict:
     start, end = month_bounds(now)
     return {
         "payer": payer_id,
-        "grant_key": f"grant:{payer_id}:{start:%Y-%m}",
+        "grant_key": grant_key(payer_id, month_label(now)),
         "start": start,
         "end": end,
         "now": now,

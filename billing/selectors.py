@@ -108,6 +108,17 @@ def month_bounds(now: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+def month_label(moment: datetime) -> str:
+    """`YYYY-MM` of the calendar month (UTC) containing `moment`: the month a grant, a charge
+    or a limit belongs to, whatever zone the clock reads in."""
+    return f"{month_bounds(moment)[0]:%Y-%m}"
+
+
+def grant_key(billing_account_id: int, label: str) -> str:
+    """Idempotency key of an account's monthly grant (`label` from `month_label`)."""
+    return f"grant:{billing_account_id}:{label}"
+
+
 # --- what a user may read -----------------------------------------------------------------------
 def billing_account_visible(*, viewer: User, name: str) -> BillingAccount | None:
     """The billing account called `name` if `viewer` may read it, else None.

@@ -4,8 +4,10 @@ Three writers store the same row: `services.usage.usage_record_create` (one reco
 callers), `services.usage.usage_records_ingest` (the batch API) and the router's group commit
 (async, `billing.aio.usage_rows_insert`). All of them build the row with `UsageRow.build`,
 which applies the rules once (state, the key of a request without an ID, truncation to the
-column lengths, the estimate), and write it with `USAGE_ROWS_INSERT_SQL`, idempotent on
-(provider, request ID).
+column lengths, the estimate), and write it with one of two forms of the same INSERT (one
+column list, idempotent on (provider, request ID)): `USAGE_ROWS_INSERT_SQL` (arrays, any number
+of rows in one statement: the sync writers) or `USAGE_ROW_INSERT_SQL` (one row per execution,
+pipelined: the router).
 
 Imported by the async router: this module needs only `billing.models` (already loaded there),
 no database access at import time.
@@ -126,23 +128,18 @@ _COLUMN_TYPES = {
 }
 COLUMNS = tuple(_COLUMN_TYPES)  # a test checks they are UsageRow's fields, in order
 
-# Any number of rows in one statement, bound by column name (no position to shift). Built from
-# the constants above only, never from input.
+# Both forms are built from the constants above only, never from input, and bind by column
+# name (no position to shift).
+_INSERT = f"INSERT INTO billing_usagerecord ({', '.join(COLUMNS)}, cost_attempts, cost_error) "
 _ARRAYS = ", ".join(f"%({c})s::{t}[]" for c, t in _COLUMN_TYPES.items())
-USAGE_ROWS_INSERT_SQL = (
-    f"INSERT INTO billing_usagerecord ({', '.join(COLUMNS)}, cost_attempts, cost_error) "  # noqa: S608
-    f"SELECT *, 0, '' FROM unnest({_ARRAYS}) ON CONFLICT (provider_id, request_id) DO NOTHING"
-)
-
-
-# The same columns, one row per execution: the router's group commit sends it with psycopg's
-# `executemany` (pipelined, one round trip). For its usual batch of one or a few rows it costs
-# less than the array form (bench/router_overhead.py: ~0.15 ms per request at concurrency 1).
-USAGE_ROW_INSERT_SQL = (
-    f"INSERT INTO billing_usagerecord ({', '.join(COLUMNS)}, cost_attempts, cost_error) "  # noqa: S608
-    f"VALUES ({', '.join(f'%({c})s' for c in COLUMNS)}, 0, '') "
-    "ON CONFLICT (provider_id, request_id) DO NOTHING"
-)
+_VALUES = ", ".join(f"%({c})s" for c in COLUMNS)
+_IDEMPOTENT = " ON CONFLICT (provider_id, request_id) DO NOTHING"
+# Any number of rows in one statement.
+USAGE_ROWS_INSERT_SQL = f"{_INSERT}SELECT *, 0, '' FROM unnest({_ARRAYS}){_IDEMPOTENT}"  # noqa: S608
+# One row per execution: the router's group commit sends it with psycopg's `executemany`
+# (pipelined, one round trip). For its usual batch of one or a few rows it costs less than the
+# array form (bench/router_overhead.py: ~0.15 ms per request at concurrency 1).
+USAGE_ROW_INSERT_SQL = f"{_INSERT}VALUES ({_VALUES}, 0, ''){_IDEMPOTENT}"
 
 
 def usage_row_params(row: UsageRow) -> dict:

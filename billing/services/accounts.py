@@ -28,32 +28,30 @@ def pools_ensure(*billing_accounts: BillingAccount) -> None:
 
 
 @transaction.atomic
-def billing_account_get_or_create_for_user(*, user: User) -> BillingAccount:
-    """The user's billing account, created with its pools if new (joins the caller's
-    transaction if there is one)."""
-    account, _ = BillingAccount.objects.get_or_create(user=user)
+def _billing_account_get_or_create(**owner) -> BillingAccount:
+    """The account owned by `owner` (a user or an organization, as an object or an id),
+    created with its pools if new; joins the caller's transaction if there is one."""
+    account, _ = BillingAccount.objects.get_or_create(**owner)
     pools_ensure(account)
     return account
 
 
-@transaction.atomic
+def billing_account_get_or_create_for_user(*, user: User) -> BillingAccount:
+    """The user's billing account, created with its pools if new."""
+    return _billing_account_get_or_create(user=user)
+
+
 def billing_account_get_or_create_for_organization(*, organization: Organization) -> BillingAccount:
     """The organization's billing account, created with its pools if new."""
-    account, _ = BillingAccount.objects.get_or_create(organization=organization)
-    pools_ensure(account)
-    return account
+    return _billing_account_get_or_create(organization=organization)
 
 
-@transaction.atomic
 def billing_account_id_get_or_create(*, user_id: int, organization_id: int | None) -> int:
     """The id of the account paying for a request: the organization's if `organization_id`,
     else the user's; created with its pools if new (the router's first request of a payer)."""
     if organization_id is not None:
-        account, _ = BillingAccount.objects.get_or_create(organization_id=organization_id)
-    else:
-        account, _ = BillingAccount.objects.get_or_create(user_id=user_id)
-    pools_ensure(account)
-    return account.pk
+        return _billing_account_get_or_create(organization_id=organization_id).pk
+    return _billing_account_get_or_create(user_id=user_id).pk
 
 
 def platform_account_get_or_create(kind: str) -> LedgerAccount:

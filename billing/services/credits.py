@@ -9,7 +9,7 @@ Included credits are granted per UTC calendar month, lazily: by the hourly job
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -21,19 +21,11 @@ from billing.models import (
     LedgerTransaction,
     TransactionKind,
 )
-from billing.selectors import monthly_credit_nanousd_get
+from billing.selectors import grant_key, month_label, monthly_credit_nanousd_get
 from billing.services.accounts import accounts_lock, platform_account_get_or_create, pools_get
 from billing.services.ledger import Leg, Posting, postings_write, transaction_post
 from core.errors import DomainError
 from core.transactions import requires_atomic
-
-
-def _month_label(moment: datetime | date) -> str:
-    return f"{moment.year:04d}-{moment.month:02d}"
-
-
-def _grant_key(billing_account_id: int, label: str) -> str:
-    return f"grant:{billing_account_id}:{label}"
 
 
 @requires_atomic
@@ -51,11 +43,11 @@ def credits_grant_month_due(
     any number of times, concurrently or late, grants once and expires once per month. A
     fixed number of statements for any number of accounts.
     """
-    label = _month_label(now or timezone.now())
+    label = month_label(now or timezone.now())
     by_id = {a.pk: a for a in billing_accounts}
 
     def missing() -> set[int]:
-        keys = [_grant_key(pk, label) for pk in by_id]
+        keys = [grant_key(pk, label) for pk in by_id]
         done = LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list(
             "billing_account_id", flat=True
         )
@@ -90,7 +82,7 @@ def credits_grant_month_due(
         postings.append(
             Posting(
                 TransactionKind.GRANT,
-                _grant_key(pk, label),
+                grant_key(pk, label),
                 [Leg(pool, amount), Leg(granted, -amount)] if amount else [],
                 pk,
                 memo,
@@ -139,13 +131,13 @@ def payers_without_grant(payer_ids: Sequence[int], now: datetime) -> set[int]:
     `credits_grant_month_due`, never a second grant. Kept because it measurably helps
     (bench/cost_ingest.py, 2-core machine: end to end 1.49x the floor with it, 1.76x without).
     """
-    label = _month_label(now)
+    label = month_label(now)
     unknown = [p for p in payer_ids if (p, label) not in _granted_months]
     if not unknown:
         return set()
     done = set(
         LedgerTransaction.objects.filter(
-            idempotency_key__in=[_grant_key(p, label) for p in unknown]
+            idempotency_key__in=[grant_key(p, label) for p in unknown]
         ).values_list("billing_account_id", flat=True)
     )
     if len(_granted_months) > _GRANTED_MONTHS_MAX:

@@ -144,3 +144,22 @@ def test_an_adjustment_needs_a_reason_and_cannot_make_a_pool_negative():
     )
     assert balances(payer)[AccountKind.PAYG] == -5
     assert sums_match()
+
+
+def test_the_grant_month_is_the_utc_month_whatever_the_clocks_zone():
+    """At 00:30 on 1 February in UTC+2 it is still January in UTC: the grant belongs to
+    January, the month the limits check asks about (one key rule for both)."""
+    from datetime import timedelta, timezone
+
+    from billing import limits
+
+    payer = payer_for_new_user(plan="free")
+    local_feb_first = datetime(2026, 2, 1, 0, 30, tzinfo=timezone(timedelta(hours=2)))
+
+    services.credits_ensure_month(billing_account=payer, now=local_feb_first)
+
+    keys = set(LedgerTransaction.objects.filter(billing_account=payer).values_list(
+        "idempotency_key", flat=True
+    ))  # fmt: skip
+    assert keys == {f"grant:{payer.pk}:2026-01"}
+    assert limits.state_params(payer.pk, local_feb_first)["grant_key"] in keys
