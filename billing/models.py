@@ -23,6 +23,7 @@ payg, minus what it owes. The database itself (migration 0002) enforces:
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 
 class BillingAccount(models.Model):
@@ -208,6 +209,10 @@ class UsageState(models.TextChoices):
     FAILED_TO_BILL = "failed_to_bill", "failed to bill"
     NOT_BILLABLE = "not_billable", "not billable"
     BYOK = "byok", "custom key (BYOK)"
+    # The provider reported a cost far above the request's upper-bound estimate: not charged
+    # unless a person approves it in review (then `billed`), or `rejected`.
+    HELD = "held", "held for review"
+    REJECTED = "rejected", "rejected in review"
 
 
 class UsageRecord(models.Model):
@@ -240,7 +245,14 @@ class UsageRecord(models.Model):
         related_name="usage_record",
     )
     created_at = models.DateTimeField(db_index=True)
+    # When the row was written, by the database's clock (the billing window of a record never
+    # asked about counts from here, not from a router's clock).
+    recorded_at = models.DateTimeField(db_default=Now())
+    # When its provider was first asked about its cost (the billing window counts from here).
+    first_asked_at = models.DateTimeField(null=True, blank=True)
     billed_at = models.DateTimeField(null=True, blank=True)
+    # Set when its charge was refunded (the charge stays; the refund negates it).
+    refunded_at = models.DateTimeField(null=True, blank=True)
     # Cost polling: attempts and the last problem with this record's cost, if any.
     cost_attempts = models.PositiveIntegerField(default=0)
     cost_error = models.CharField(max_length=300, blank=True)
@@ -306,6 +318,13 @@ class ProviderBillingHealth(models.Model):
     # Successful answers the router got without the provider's request-ID header: served,
     # but impossible to bill (recorded `not_billable`).
     missing_request_ids_total = models.PositiveBigIntegerField(default=0)
+    # A request ID the provider had already used for another request: kept under a key of
+    # our own (`not_billable`), never charged to the first request's payer.
+    reused_request_ids_total = models.PositiveBigIntegerField(default=0)
+    # Request IDs longer than the column: kept as `not_billable`, never truncated.
+    long_request_ids_total = models.PositiveBigIntegerField(default=0)
+    # Costs held for review (far above the request's upper-bound estimate).
+    held_costs_total = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"billing health of provider {self.provider_id}"
