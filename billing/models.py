@@ -165,9 +165,17 @@ class LedgerTransaction(models.Model):
     actor = models.CharField(max_length=200, help_text="user name, or job name")
     memo = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The calendar month (its first day, UTC) the money belongs to: a charge's or refund's is
+    # its request's month (not the month it was posted in), a grant's or expiry's the month
+    # it grants or expires for. Null for top-ups and adjustments.
+    period = models.DateField(null=True, blank=True)
 
     class Meta:
         indexes = [
+            # A payer's charges and refunds of a month (spend, limits, statements).
+            models.Index(
+                fields=["billing_account", "period", "kind"], name="billing_txn_payer_period"
+            ),
             # A payer's ledger newest first, and its charges of a month (limits, statements).
             models.Index(
                 fields=["billing_account", "created_at", "id"], name="billing_txn_payer_created"
