@@ -11,7 +11,7 @@ punctuation; at most 96 characters) and are unique case-insensitively, because t
 from django.contrib.auth.models import AbstractUser
 from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.contrib.postgres.fields import ArrayField
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -94,12 +94,18 @@ class User(AbstractUser):
         return self.plan == UserPlan.PRO
 
 
+SEATS_MAX = 100_000
+
+
 class Organization(models.Model):
     hub_id = models.CharField(max_length=24, unique=True, default=object_id, editable=False)
     name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True, validators=[name_validator])
     fullname = models.CharField(max_length=255, blank=True)
     plan = models.CharField(max_length=16, choices=OrgPlan.choices, default=OrgPlan.FREE)
-    seats = models.PositiveIntegerField(default=1)
+    # Bounded so that seats x the per-seat credit cannot overflow a balance.
+    seats = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(SEATS_MAX)]
+    )
     # Pay-as-you-go spend per calendar month (UTC) may not pass this; null means no limit.
     spending_limit_nanousd = models.BigIntegerField(null=True, blank=True)
     # Provider slugs the router must never choose when this organization pays.
@@ -116,6 +122,9 @@ class Organization(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(seats__gte=1), name="accounts_organization_seats_min"
+            ),
+            models.CheckConstraint(
+                condition=Q(seats__lte=SEATS_MAX), name="accounts_organization_seats_max"
             ),
             models.CheckConstraint(
                 condition=Q(spending_limit_nanousd__isnull=True) | Q(spending_limit_nanousd__gte=0),

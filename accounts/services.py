@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts import selectors
 from accounts.models import (
+    SEATS_MAX,
     AccessToken,
     Membership,
     Organization,
@@ -132,16 +133,13 @@ def organization_create(
 ) -> Organization:
     _validate_name(name)
     _validate_choice(plan, OrgPlan.values, field="plan")
-    if not isinstance(seats, int) or seats < 1:
-        raise DomainError(
-            "validation_error", "seats must be a whole number of at least 1.", field="seats"
-        )
-    if spending_limit_nanousd is not None and spending_limit_nanousd < 0:
+    if isinstance(seats, bool) or not isinstance(seats, int) or not 1 <= seats <= SEATS_MAX:
         raise DomainError(
             "validation_error",
-            "spending_limit_nanousd must not be negative.",
-            field="spending_limit_nanousd",
+            f"seats must be a whole number from 1 to {SEATS_MAX:,}.",
+            field="seats",
         )
+    spending_limit_clean(spending_limit_nanousd, field="spending_limit_nanousd")
     _validate_fullname(fullname)
     _ensure_name_free(name)
     org = Organization(

@@ -10,7 +10,10 @@ Money is integer nano-USD.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import django_filters
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.permissions import BasePermission
@@ -204,6 +207,10 @@ class StaffWriter(BasePermission):
         )
 
 
+TOKENS_MAX = 2**31 - 1  # the token columns' range; no request comes near it
+CREATED_AT_SKEW = timedelta(minutes=5)  # clocks disagree a little; a record from tomorrow is wrong
+
+
 class UsageRecordInSerializer(StrictSerializer):
     provider = serializers.CharField(max_length=64)
     requestId = serializers.CharField(max_length=255, required=False, allow_null=True)
@@ -213,13 +220,25 @@ class UsageRecordInSerializer(StrictSerializer):
     providerModel = serializers.CharField(max_length=255, required=False, default="")
     task = serializers.CharField(max_length=64, required=False, default="")
     httpStatus = serializers.IntegerField(min_value=100, max_value=599, allow_null=True)
-    promptTokens = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    completionTokens = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    promptTokens = serializers.IntegerField(
+        min_value=0, max_value=TOKENS_MAX, required=False, allow_null=True
+    )
+    completionTokens = serializers.IntegerField(
+        min_value=0, max_value=TOKENS_MAX, required=False, allow_null=True
+    )
     estimatedCostNanoUsd = serializers.IntegerField(
         min_value=0, max_value=10**15, required=False, default=0
     )
     byok = serializers.BooleanField(required=False, default=False)
     createdAt = serializers.DateTimeField(required=False)
+
+    def validate_createdAt(self, value):
+        if value > timezone.now() + CREATED_AT_SKEW:
+            raise serializers.ValidationError(
+                f"must not be in the future (more than {CREATED_AT_SKEW} ahead of the "
+                "server's clock)."
+            )
+        return value
 
 
 class UsageIngestSerializer(StrictSerializer):

@@ -6,6 +6,7 @@
     usage        who pays for a request, recording usage (one record, batch ingestion)
     charging     applying provider-reported costs to pending usage (the cost poller's write)
     corrections  refunds and adjustments by a person
+    review       held costs (far above their estimate): approved (charged) or rejected
 
 Transaction contracts (`core.transactions`): entry points called by tasks, commands and views
 (`cost_batch_apply`, `charge_refund`, `usage_records_ingest`, `credits_ensure_month_many`) are
@@ -38,6 +39,7 @@ from billing.services.credits import (
     credits_top_up,
 )
 from billing.services.ledger import Leg, Posting, postings_write, transaction_post
+from billing.services.review import held_costs_approve, held_costs_reject
 from billing.services.usage import (
     IngestResult,
     payer_resolve,
@@ -62,6 +64,8 @@ __all__ = [
     "credits_grant_extra",
     "credits_grant_month_due",
     "credits_top_up",
+    "held_costs_approve",
+    "held_costs_reject",
     "ledger_adjust",
     "payer_resolve",
     "platform_account_get_or_create",

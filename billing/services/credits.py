@@ -1,17 +1,23 @@
-"""Credits: the monthly included grant (and expiry of what is left of the last one), prepaid
-top-ups and extra included credits granted by a person.
+"""Credits: the monthly included grant and its expiry, prepaid top-ups and extra included
+credits granted by a person.
 
-Included credits are granted per UTC calendar month, lazily: by the hourly job
-(`credits_ensure_month_many`) or at a payer's first charge of the month
-(`charging.cost_batch_apply` calls `credits_grant_month_due` inside its transaction).
+Included credits belong to a UTC calendar month (`LedgerTransaction.period`). They are granted
+lazily: by the hourly job (`credits_ensure_month_many`) or at a payer's first charge of the
+month (`charging.cost_batch_apply` calls `credits_grant_month_due` inside its transaction).
+A charge is paid from the credits of its request's month, whenever it is polled; what is left
+of a month's credits expires once that month's billing has closed (`credits_expire_closed`:
+month end + the failed-to-bill window + the poll lag, and no request of the month still
+pending). Grants and expiries are monotonic: no month older than a payer's latest grant is
+ever granted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.models import (
@@ -20,12 +26,44 @@ from billing.models import (
     LedgerAccount,
     LedgerTransaction,
     TransactionKind,
+    UsageState,
 )
-from billing.selectors import grant_key, month_label, monthly_credit_nanousd_get
-from billing.services.accounts import accounts_lock, platform_account_get_or_create, pools_get
+from billing.selectors import (
+    grant_key,
+    label_of,
+    month_bounds,
+    monthly_credit_nanousd_get,
+    period_of,
+)
+from billing.services.accounts import (
+    accounts_lock,
+    platform_account_get_or_create,
+    pools_ensure,
+    pools_get,
+)
 from billing.services.ledger import Leg, Posting, postings_write, transaction_post
 from core.errors import DomainError
-from core.transactions import requires_atomic
+from core.transactions import requires_atomic, retry_on_conflict
+
+# One credit action moves at most $1,000,000: far above any real one, far below an overflow.
+AMOUNT_MAX_NANOUSD = 10**15
+AMOUNT_MAX_MESSAGE = "amount must be at most $1,000,000 (10^15 nano-USD)."
+OPEN_MONTHS_MAX = 3  # months a payer's included credits can be open at once (see open_periods)
+
+
+MONTHLY_GRANT_KEYS = "grant:%"  # LIKE pattern of monthly grants (extra grants: grant_extra:)
+
+
+def latest_grants(payer_ids: Sequence[int]) -> dict[int, date]:
+    """The period of each payer's latest monthly grant (payers never granted are absent)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT billing_account_id, max(period) FROM billing_ledgertransaction "
+            "WHERE billing_account_id = ANY(%s) AND kind = %s AND idempotency_key LIKE %s "
+            "GROUP BY billing_account_id",
+            [list(payer_ids), TransactionKind.GRANT, MONTHLY_GRANT_KEYS],
+        )
+        return dict(cursor.fetchall())
 
 
 @requires_atomic
@@ -33,65 +71,182 @@ def credits_grant_month_due(
     *,
     billing_accounts: Sequence[BillingAccount],
     now: datetime | None = None,
+    month: date | None = None,
     actor: str = "credits",
+    locked: bool = False,
 ) -> int:
-    """Grants this month's included credits (UTC calendar months) to those of these accounts
-    that do not have them yet, inside the caller's transaction; returns how many it granted.
+    """Grants the included credits of `month` (default: the UTC month containing `now`) to
+    those of these accounts that do not have them yet, inside the caller's transaction;
+    returns how many it granted.
 
-    Before a month's grant, whatever is left of earlier included credits expires. Both are
-    posted under the included pools' locks with per-month idempotency keys, so running this
-    any number of times, concurrently or late, grants once and expires once per month. A
-    fixed number of statements for any number of accounts.
+    Monotonic: an account whose latest grant is for a later month gets nothing (a poll cycle
+    that started before midnight never posts last month's grant after this month's). A grant
+    expires nothing: each month's credits expire on their own once the month's billing window
+    has closed (`credits_expire_closed`). Posted under the locks of the included pools and the
+    platform's granted account (global order, `accounts_lock`; `locked=True` when the caller
+    already holds them), with a per-month idempotency key, so running this any number of
+    times, concurrently or late, grants once per month. A fixed number of statements.
     """
-    label = month_label(now or timezone.now())
+    now = now or timezone.now()
+    period = month or period_of(now)
+    label = label_of(period)
     by_id = {a.pk: a for a in billing_accounts}
 
-    def missing() -> set[int]:
-        keys = [grant_key(pk, label) for pk in by_id]
-        done = LedgerTransaction.objects.filter(idempotency_key__in=keys).values_list(
-            "billing_account_id", flat=True
-        )
-        return set(by_id) - set(done)
+    def due() -> list[int]:
+        latest = latest_grants(list(by_id))
+        return sorted(pk for pk in by_id if latest.get(pk) is None or latest[pk] < period)
 
-    if not missing():
+    if not due():
         return 0
+    pools_ensure(*by_id.values())
     included = dict(
         LedgerAccount.objects.filter(
             billing_account_id__in=list(by_id), kind=AccountKind.INCLUDED
         ).values_list("billing_account_id", "pk")
     )
-    balances = accounts_lock(included.values())
-    todo = missing()  # again, under the locks: a concurrent call may have granted
-    expired = platform_account_get_or_create(AccountKind.CREDITS_EXPIRED).pk
     granted = platform_account_get_or_create(AccountKind.CREDITS_GRANTED).pk
+    if not locked:
+        accounts_lock([*included.values(), granted])
+    todo = due()  # again, under the locks: a concurrent call may have granted
     postings = []
-    for pk in sorted(todo):
-        pool, balance = included[pk], balances[included[pk]]
-        if balance > 0:
-            postings.append(
-                Posting(
-                    TransactionKind.EXPIRY,
-                    f"expiry:{pk}:before-{label}",
-                    [Leg(pool, -balance), Leg(expired, balance)],
-                    pk,
-                    f"included credits unused before {label} expire",
-                )
-            )
+    for pk in todo:
         amount = monthly_credit_nanousd_get(billing_account=by_id[pk])
         memo = f"monthly included credits {label}" if amount else f"no included credits for {label}"
         postings.append(
             Posting(
                 TransactionKind.GRANT,
                 grant_key(pk, label),
-                [Leg(pool, amount), Leg(granted, -amount)] if amount else [],
+                [Leg(included[pk], amount), Leg(granted, -amount)] if amount else [],
                 pk,
                 memo,
+                period,
             )
         )
-    postings_write(postings, actor=actor, now=now)
+    postings_write(postings, actor=actor, now=now, locked=True)
     return len(todo)
 
 
+def open_periods(payer_ids: Sequence[int], *, now: datetime) -> dict[int, list[date]]:
+    """Each payer's months whose included credits have not expired yet (granted, no expiry),
+    oldest first; only the last `OPEN_MONTHS_MAX` months are looked at (months close about
+    half an hour after their end, `credits_expire_closed`)."""
+    oldest = period_of(now)
+    for _ in range(OPEN_MONTHS_MAX - 1):
+        oldest = period_of(datetime.combine(oldest, time(), tzinfo=UTC) - timedelta(days=1))
+    found: dict[int, list[date]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT g.billing_account_id, g.period FROM billing_ledgertransaction g "
+            "WHERE g.billing_account_id = ANY(%(payers)s) AND g.period >= %(oldest)s "
+            "AND g.kind = %(grant)s AND g.idempotency_key LIKE %(monthly)s "
+            "AND NOT EXISTS (SELECT 1 FROM billing_ledgertransaction x "
+            " WHERE x.billing_account_id = g.billing_account_id AND x.period = g.period "
+            " AND x.kind = %(expiry)s) ORDER BY 1, 2",
+            {
+                "payers": list(payer_ids),
+                "oldest": oldest,
+                "grant": TransactionKind.GRANT,
+                "monthly": MONTHLY_GRANT_KEYS,
+                "expiry": TransactionKind.EXPIRY,
+            },
+        )
+        for payer, period in cursor.fetchall():
+            found.setdefault(payer, []).append(period)
+    return found
+
+
+def included_left(pairs: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
+    """What is left of each (payer, month)'s included credits: the sum of the legs on the
+    payer's included pool of transactions belonging to that month (grants, charges, refunds,
+    adjustments, expiry)."""
+    if not pairs:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT t.billing_account_id, t.period, coalesce(sum(e.amount_nanousd), 0) "
+            "FROM unnest(%(payers)s::bigint[], %(periods)s::date[]) AS q(payer, period) "
+            "JOIN billing_ledgertransaction t "
+            " ON t.billing_account_id = q.payer AND t.period = q.period "
+            "JOIN billing_ledgerentry e ON e.transaction_id = t.id "
+            "JOIN billing_ledgeraccount a ON a.id = e.account_id "
+            " AND a.kind = %(included)s AND a.billing_account_id = q.payer "
+            "GROUP BY 1, 2",
+            {
+                "payers": [p for p, _ in pairs],
+                "periods": [d for _, d in pairs],
+                "included": AccountKind.INCLUDED,
+            },
+        )
+        left = {(p, d): int(v) for p, d, v in cursor.fetchall()}
+    return {pair: left.get(pair, 0) for pair in pairs}
+
+
+def month_closes_at(period: date) -> datetime:
+    """When a month's included credits may expire: its end plus the failed-to-bill window and
+    the poll lag (and then only once the payer has no request of that month still pending)."""
+    end = month_bounds(datetime.combine(period, time(), tzinfo=UTC))[1]
+    return end + timedelta(
+        seconds=settings.BILLING_FAILED_AFTER_S + settings.BILLING_CREDITS_CLOSE_LAG_S
+    )
+
+
+@requires_atomic
+def credits_expire_closed(
+    *, billing_accounts: Sequence[BillingAccount], now: datetime | None = None, actor="credits"
+) -> int:
+    """Expires what is left of each closed month's included credits; returns how many months
+    it closed. A month M closes once `month_closes_at(M)` has passed and the payer has no
+    request of M or earlier still pending (a charge of M is paid from M's credits, whenever it
+    is polled). The expiry (`expiry:<payer>:<YYYY-MM>`, period M) is posted even when nothing
+    is left: it marks the month closed. Never more than the pool holds."""
+    now = now or timezone.now()
+    by_id = {a.pk: a for a in billing_accounts}
+    candidates = [
+        (payer, period)
+        for payer, periods in open_periods(list(by_id), now=now).items()
+        for period in periods
+        if month_closes_at(period) <= now
+    ]
+    if not candidates:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT q.payer, q.period FROM unnest(%s::bigint[], %s::date[]) AS q(payer, period) "
+            "WHERE NOT EXISTS (SELECT 1 FROM billing_usagerecord u WHERE u.payer_id = q.payer "
+            "AND u.state = %s AND u.created_at < (q.period + interval '1 month'))",
+            [[p for p, _ in candidates], [d for _, d in candidates], UsageState.PENDING],
+        )
+        closable = sorted(cursor.fetchall())
+    if not closable:
+        return 0
+    included = dict(
+        LedgerAccount.objects.filter(
+            billing_account_id__in={p for p, _ in closable}, kind=AccountKind.INCLUDED
+        ).values_list("billing_account_id", "pk")
+    )
+    expired = platform_account_get_or_create(AccountKind.CREDITS_EXPIRED).pk
+    balances = accounts_lock([*included.values(), expired])
+    left = included_left(closable)
+    postings = []
+    for payer, period in closable:
+        pool = included[payer]
+        amount = max(0, min(left[(payer, period)], balances[pool]))
+        balances[pool] -= amount
+        label = label_of(period)
+        postings.append(
+            Posting(
+                TransactionKind.EXPIRY,
+                f"expiry:{payer}:{label}",
+                [Leg(pool, -amount), Leg(expired, amount)] if amount else [],
+                payer,
+                f"included credits of {label} unused when its billing closed expire",
+                period,
+            )
+        )
+    return len(postings_write(postings, actor=actor, now=now, locked=True))
+
+
+@retry_on_conflict
 @transaction.atomic(durable=True)
 def credits_ensure_month_many(
     *,
@@ -99,8 +254,10 @@ def credits_ensure_month_many(
     now: datetime | None = None,
     actor: str = "credits",
 ) -> int:
-    """`credits_grant_month_due` in a transaction of its own (the hourly job, commands);
-    returns how many accounts got this month's grant now."""
+    """The hourly job's work, in a transaction of its own: closes the months whose billing
+    window has closed (`credits_expire_closed`), then grants this month's credits
+    (`credits_grant_month_due`); returns how many accounts got this month's grant now."""
+    credits_expire_closed(billing_accounts=billing_accounts, now=now, actor=actor)
     return credits_grant_month_due(billing_accounts=billing_accounts, now=now, actor=actor)
 
 
@@ -116,34 +273,35 @@ _granted_months: set[tuple[int, str]] = set()
 _GRANTED_MONTHS_MAX = 500_000  # about 50 MB; cleared (not evicted) when full
 
 
-def payers_without_grant(payer_ids: Sequence[int], now: datetime) -> set[int]:
-    """Those of `payer_ids` without this month's grant yet; asks the database only about
-    payers this process has not seen granted this month (one query), so a steady stream of
-    cost batches does not look the same 10,000 grants up on every batch.
+def grants_due(pairs: set[tuple[int, date]]) -> set[tuple[int, date]]:
+    """Those (payer, month) pairs whose month is later than the payer's latest grant (so it
+    may need granting); asks the database only about payers this process has not seen granted
+    for that month (one query), so a steady stream of cost batches does not look the same
+    10,000 grants up on every batch.
 
     Multi-process semantics: every process (each Celery prefork child, each web worker) has its
     own memory, shared with no one and never invalidated, and none of that is needed: a grant
-    is never undone (the ledger is append-only), so "granted" stays true everywhere once it is.
-    Only grants read back from the database are remembered, and the only caller,
+    is never undone (the ledger is append-only), so "granted up to M" stays true everywhere
+    once it is. Only grants read back from the database are remembered, and the only caller,
     `cost_batch_apply`, asks at the start of its own durable transaction, before it posts
-    anything, so what it reads (and remembers) is committed. A process that has not seen a
-    grant just asks; a stale "not granted" costs one locked re-check in
-    `credits_grant_month_due`, never a second grant. Kept because it measurably helps
-    (bench/cost_ingest.py, 2-core machine: end to end 1.49x the floor with it, 1.76x without).
+    anything, so what it reads (and remembers) is committed. A stale "not granted" costs one
+    locked re-check in `credits_grant_month_due`, never a second grant. Kept because it
+    measurably helps (bench/cost_ingest.py, 2-core machine: end to end 1.49x the floor with
+    it, 1.76x without).
     """
-    label = month_label(now)
-    unknown = [p for p in payer_ids if (p, label) not in _granted_months]
+    unknown = {(p, d) for p, d in pairs if (p, label_of(d)) not in _granted_months}
     if not unknown:
         return set()
-    done = set(
-        LedgerTransaction.objects.filter(
-            idempotency_key__in=[grant_key(p, label) for p in unknown]
-        ).values_list("billing_account_id", flat=True)
-    )
+    latest = latest_grants(sorted({p for p, _ in unknown}))
     if len(_granted_months) > _GRANTED_MONTHS_MAX:
         _granted_months.clear()
-    _granted_months.update((p, label) for p in done)
-    return set(unknown) - done
+    due = set()
+    for payer, period in unknown:
+        if payer in latest and latest[payer] >= period:
+            _granted_months.add((payer, label_of(period)))
+        else:
+            due.add((payer, period))
+    return due
 
 
 @transaction.atomic
@@ -160,13 +318,17 @@ def credits_top_up(
     admin posts for several payers all or nothing)."""
     if amount_nanousd <= 0:
         raise DomainError("validation_error", "amount must be positive.", field="amount")
+    if amount_nanousd > AMOUNT_MAX_NANOUSD:
+        raise DomainError("validation_error", AMOUNT_MAX_MESSAGE, field="amount")
     prepaid = pools_get(billing_account)[AccountKind.PREPAID]
+    cash = platform_account_get_or_create(AccountKind.CASH).pk
+    accounts_lock([prepaid.pk, cash])
     return transaction_post(
         kind=TransactionKind.TOP_UP,
         idempotency_key=f"top_up:{idempotency_key}",
         legs=[
             Leg(prepaid.pk, amount_nanousd),
-            Leg(platform_account_get_or_create(AccountKind.CASH).pk, -amount_nanousd),
+            Leg(cash, -amount_nanousd),
         ],
         actor=actor,
         memo=memo or "prepaid top-up",
@@ -197,16 +359,23 @@ def credits_grant_extra(
         )
     if amount_nanousd <= 0:
         raise DomainError("validation_error", "amount must be positive.", field="amount")
-    credits_grant_month_due(billing_accounts=[billing_account], now=now)
+    if amount_nanousd > AMOUNT_MAX_NANOUSD:
+        raise DomainError("validation_error", AMOUNT_MAX_MESSAGE, field="amount")
+    now = now or timezone.now()
+    pools_ensure(billing_account)
     included = pools_get(billing_account)[AccountKind.INCLUDED]
+    granted = platform_account_get_or_create(AccountKind.CREDITS_GRANTED).pk
+    accounts_lock([included.pk, granted])  # the global order, before any posting
+    credits_grant_month_due(billing_accounts=[billing_account], now=now, locked=True)
     return transaction_post(
         kind=TransactionKind.GRANT,
         idempotency_key=f"grant_extra:{idempotency_key}",
         legs=[
             Leg(included.pk, amount_nanousd),
-            Leg(platform_account_get_or_create(AccountKind.CREDITS_GRANTED).pk, -amount_nanousd),
+            Leg(granted, -amount_nanousd),
         ],
         actor=actor,
         memo=memo,
         billing_account=billing_account,
+        period=period_of(now),
     )

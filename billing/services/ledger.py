@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from django.db import connection
 from django.utils import timezone
 
 from billing.models import BillingAccount, LedgerTransaction
+from billing.services.accounts import accounts_lock
 from core.transactions import requires_atomic
 
 
@@ -33,30 +34,35 @@ class Posting:
     legs: Sequence[Leg]
     billing_account_id: int | None = None
     memo: str = ""
+    period: date | None = None  # the month the money belongs to (`billing.selectors.period_of`)
 
 
 @requires_atomic
 def postings_write(
-    postings: Sequence[Posting], *, actor: str, now: datetime | None = None
+    postings: Sequence[Posting], *, actor: str, now: datetime | None = None, locked: bool = False
 ) -> dict[str, int]:
     """Writes many transactions with two statements: the transactions, then all their legs.
 
     A posting whose idempotency key is already taken is skipped (`ON CONFLICT DO NOTHING`):
     that is how every money movement is applied at most once. No savepoints, so it stays fast
     inside a large transaction. Returns {idempotency key: transaction id} of those written.
-    The caller's transaction holds the account locks under which it computed the legs.
+    Every account the legs touch is locked first, in primary-key order (the one global lock
+    order, `accounts_lock`), unless the caller says it already holds them all (`locked`): the
+    caller's transaction holds the account locks under which it computed the legs.
     """
     for posting in postings:
         if sum(leg.amount_nanousd for leg in posting.legs) != 0:
             raise ValueError(f"unbalanced legs for {posting.idempotency_key}: {posting.legs}")
     if not postings:
         return {}
+    if not locked:
+        accounts_lock(leg.account_id for p in postings for leg in p.legs)
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO billing_ledgertransaction "
-            "(kind, idempotency_key, billing_account_id, actor, memo, created_at) "
-            "SELECT k, key, p, %s, m, %s "
-            "FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS t(k, key, p, m) "
+            "(kind, idempotency_key, billing_account_id, actor, memo, created_at, period) "
+            "SELECT k, key, p, %s, m, %s, d FROM unnest(%s::text[], %s::text[], %s::bigint[], "
+            "%s::text[], %s::date[]) AS t(k, key, p, m, d) "
             "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, id",
             [
                 actor[:200],
@@ -65,6 +71,7 @@ def postings_write(
                 [p.idempotency_key for p in postings],
                 [p.billing_account_id for p in postings],
                 [p.memo[:500] for p in postings],
+                [p.period for p in postings],
             ],
         )
         written = dict(cursor.fetchall())
@@ -93,10 +100,11 @@ def transaction_post(
     actor: str,
     memo: str = "",
     billing_account: BillingAccount | None = None,
+    period: date | None = None,
 ) -> LedgerTransaction | None:
     """Posts one balanced transaction. Returns None if `idempotency_key` was already posted."""
+    payer = billing_account and billing_account.pk
     written = postings_write(
-        [Posting(kind, idempotency_key, list(legs), billing_account and billing_account.pk, memo)],
-        actor=actor,
+        [Posting(kind, idempotency_key, list(legs), payer, memo, period)], actor=actor
     )
     return LedgerTransaction.objects.get(pk=written[idempotency_key]) if written else None

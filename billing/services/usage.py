@@ -153,7 +153,7 @@ def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None
                 ) from None
 
     payers = _payers(users.values(), orgs.values())
-    rows = []
+    rows, loose = [], set()
     for record in records:
         user = users[record["user"]]
         bill_to = record.get("billTo")
@@ -175,7 +175,9 @@ def usage_records_ingest(*, records: Sequence[dict], now: datetime | None = None
                 created_at=record.get("createdAt") or now,
             )
         )
-    created = usage_rows_insert(rows)
+        if not record.get("createdAt"):
+            loose.add(id(rows[-1]))  # a retry of it has another time: compare without it
+    created = usage_rows_insert(rows, loose=loose)
     return IngestResult(created=created, duplicates=len(records) - created)
 
 

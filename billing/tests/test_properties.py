@@ -96,6 +96,7 @@ def test_random_money_movements_keep_every_invariant(plan, script):
                     actor="p",
                     memo="fix",
                     idempotency_key=uuid.uuid4().hex,
+                    now=now,
                 )
                 model[pool] += amount
             except DomainError:

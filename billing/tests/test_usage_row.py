@@ -10,7 +10,7 @@ import pytest
 from django.db import models
 
 import billing.models
-from billing.models import UsageRecord, UsageState
+from billing.models import ProviderBillingHealth, UsageRecord, UsageState
 from billing.tests.factories import payer_for_new_user
 from billing.usage_row import COLUMNS, UsageRow, usage_rows_insert
 from registry.tests.factories import ProviderFactory
@@ -72,18 +72,66 @@ def test_a_request_without_an_id_gets_a_key_no_provider_answer_can_match():
 
 def test_strings_are_cut_to_their_column_length_and_the_estimate_is_never_negative():
     row = build(
-        request_id="r" * 999,
         hub_model_id="h" * 999,
         provider_model="p" * 999,
         task="t" * 999,
         estimated_cost_nanousd=-5,
     )
     field = UsageRecord._meta.get_field
-    assert len(row.request_id) == field("request_id").max_length
     assert len(row.hub_model_id) == field("hub_model_id").max_length
     assert len(row.provider_model) == field("provider_model").max_length
     assert len(row.task) == field("task").max_length
     assert row.estimated_cost_nanousd == 0
+
+
+def test_defect_13_a_request_id_too_long_to_store_is_kept_whole_never_truncated():
+    """A truncated ID matches no cost answer (never billed) and could match another request's;
+    the record is kept as not billable, under a key of our own, saying why."""
+    long_id = "r" * 300
+    row = build(request_id=long_id)
+    assert re.fullmatch(r"long-request-id:[0-9a-f]{24}", row.request_id)
+    assert row.state == UsageState.NOT_BILLABLE
+    assert "300 characters" in row.cost_error and row.estimated_cost_nanousd == 0
+    assert build(request_id="r" * 255).request_id == "r" * 255  # the bound itself is fine
+
+
+@pytest.mark.django_db
+def test_defect_13_long_request_ids_are_stored_and_counted_in_billing_health():
+    payer = payer_for_new_user()
+    provider = ProviderFactory()
+    row = build(
+        provider_id=provider.pk, user_id=payer.user_id, payer_id=payer.pk, request_id="x" * 400
+    )
+    assert usage_rows_insert([row]) == 1
+    stored = UsageRecord.objects.get(provider=provider)
+    assert stored.state == UsageState.NOT_BILLABLE and "400 characters" in stored.cost_error
+    assert ProviderBillingHealth.objects.get(provider=provider).long_request_ids_total == 1
+
+
+@pytest.mark.django_db
+def test_defect_13_a_reused_request_id_is_kept_and_flagged_not_dropped():
+    """The provider answers a second request with the ID of a first one: the second is kept
+    (never charged to the first's payer), flagged in billing health; the first is untouched."""
+    first_payer, second_payer = payer_for_new_user(), payer_for_new_user()
+    provider = ProviderFactory()
+    first = build(
+        provider_id=provider.pk, user_id=first_payer.user_id, payer_id=first_payer.pk,
+        request_id="dup",
+    )  # fmt: skip
+    second = build(
+        provider_id=provider.pk, user_id=second_payer.user_id, payer_id=second_payer.pk,
+        request_id="dup", created_at=NOW.replace(minute=5),
+    )  # fmt: skip
+    assert usage_rows_insert([first]) == 1
+    assert usage_rows_insert([second]) == 1
+    kept = UsageRecord.objects.get(provider=provider, payer=second_payer)
+    assert kept.request_id.startswith("reused-request-id:")
+    assert kept.state == UsageState.NOT_BILLABLE and "'dup'" in kept.cost_error
+    original = UsageRecord.objects.get(provider=provider, request_id="dup")
+    assert (original.payer_id, original.state) == (first_payer.pk, UsageState.PENDING)
+    assert ProviderBillingHealth.objects.get(provider=provider).reused_request_ids_total == 1
+    assert usage_rows_insert([first]) == 0  # a writer's retry of the same row stays a no-op
+    assert UsageRecord.objects.filter(provider=provider).count() == 2
 
 
 @pytest.mark.django_db
