@@ -29,6 +29,7 @@ from billing.models import (
     LedgerTransaction,
     ProviderBillingHealth,
     UsageRecord,
+    UsageState,
 )
 from core.errors import DomainError
 from core.money import MoneyError, format_usd, usd_to_nanousd
@@ -449,16 +450,33 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 
 # --- usage and polling --------------------------------------------------------------------------
+class ReviewForm(forms.Form):
+    reason = forms.CharField(
+        max_length=300,
+        widget=forms.TextInput(attrs={"size": 60}),
+        help_text="Kept on each record (required).",
+    )
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("A reason is required.")
+        return reason
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("request_id", "provider", "payer", "user", "hub_model_id", "state",
-                    "http_status", "cost", "estimate", "created_at", "billed_at")  # fmt: skip
+                    "http_status", "cost", "estimate", "created_at", "billed_at",
+                    "cost_error")  # fmt: skip
+    # `state` lists every state, `held for review` included: finance's queue.
     list_filter = ("provider", "state")
     # Exact matches (indexed): a request ID, or a payer's user or organization name.
     search_fields = ("=request_id", "=payer__user__username", "=payer__organization__name")
     date_hierarchy = "created_at"
     list_select_related = ("provider", "user", "payer__user", "payer__organization")
     show_full_result_count = False  # counting millions of records on every page is waste
+    actions = ["approve_held", "reject_held"]
 
     @admin.display(description="cost", ordering="cost_nanousd")
     def cost(self, obj: UsageRecord) -> str:
@@ -467,6 +485,83 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     @admin.display(description="estimate", ordering="estimated_cost_nanousd")
     def estimate(self, obj: UsageRecord) -> str:
         return format_usd(obj.estimated_cost_nanousd)
+
+    def has_review_permission(self, request) -> bool:
+        """Reviewing a held cost moves money: the change permission on usage records (records
+        themselves stay read-only here)."""
+        return request.user.has_perm("billing.change_usagerecord")
+
+    # --- review of held costs: a reason first, then the service ------------------------------
+    def _review(self, request, queryset, *, action: str, title: str, explanation: str, decide):
+        records = list(queryset.filter(state=UsageState.HELD))
+        if not records:
+            self.message_user(request, "None of the selected records is held.", messages.WARNING)
+            return None
+        if "apply" in request.POST:
+            form = ReviewForm(request.POST)
+            if form.is_valid():
+                try:
+                    done = decide(
+                        usage_records=records,
+                        actor=request.user.get_username(),
+                        memo=form.cleaned_data["reason"],
+                    )
+                except DomainError as exc:
+                    form.add_error("reason" if exc.field == "memo" else None, exc.message)
+                else:
+                    self.message_user(request, f"{title}: {done} of {len(records)} record(s).")
+                    return None
+        else:
+            form = ReviewForm()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "explanation": explanation,
+            "opts": self.model._meta,
+            "form": form,
+            "action": action,
+            "queryset": records,
+            "records": [
+                {
+                    "request_id": r.request_id,
+                    "provider": r.provider,
+                    "payer": r.payer,
+                    "cost": self.cost(r),
+                    "estimate": self.estimate(r),
+                    "why": r.cost_error,
+                }
+                for r in records
+            ],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        return TemplateResponse(request, "admin/billing/usagerecord/review_action.html", context)
+
+    @admin.action(description="Approve held cost (charge it)", permissions=["review"])
+    def approve_held(self, request, queryset):
+        from billing.services.review import held_costs_approve  # the lead's service
+
+        return self._review(
+            request,
+            queryset,
+            action="approve_held",
+            title="Approve held cost",
+            explanation="Charges each selected held cost as reported, in its request's month.",
+            decide=held_costs_approve,
+        )
+
+    @admin.action(description="Reject held cost (never charged)", permissions=["review"])
+    def reject_held(self, request, queryset):
+        from billing.services.review import held_costs_reject
+
+        return self._review(
+            request,
+            queryset,
+            action="reject_held",
+            title="Reject held cost",
+            explanation="Marks each selected held cost rejected: it is never charged.",
+            decide=held_costs_reject,
+        )
 
 
 @admin.register(ProviderBillingHealth)

@@ -104,6 +104,13 @@ class LedgerTransactionSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.CharField()
     createdAt = serializers.DateTimeField(source="created_at")
+    month = serializers.DateField(
+        source="period",
+        format="%Y-%m",
+        allow_null=True,
+        help_text="The month (UTC, YYYY-MM) the money belongs to: a charge's or refund's is its "
+        "request's month, even when it was posted in the next one. Null for top-ups.",
+    )
     actor = serializers.CharField()
     memo = serializers.CharField()
     entries = LedgerEntrySerializer(source="payer_entries", many=True)
@@ -191,6 +198,7 @@ class UsageRecordSerializer(serializers.Serializer):
     estimatedCostNanoUsd = serializers.IntegerField(source="estimated_cost_nanousd")
     createdAt = serializers.DateTimeField(source="created_at")
     billedAt = serializers.DateTimeField(source="billed_at", allow_null=True)
+    refundedAt = serializers.DateTimeField(source="refunded_at", allow_null=True)
 
 
 class StaffWriter(BasePermission):

@@ -172,9 +172,10 @@ class LedgerTransaction(models.Model):
 
     class Meta:
         indexes = [
-            # A payer's charges and refunds of a month (spend, limits, statements).
+            # A payer's charges and refunds of a month (spend, limits, statements), its grants
+            # and expiries by month (open months).
             models.Index(
-                fields=["billing_account", "period", "kind"], name="billing_txn_payer_period"
+                fields=["billing_account", "kind", "period"], name="billing_txn_payer_period"
             ),
             # A payer's ledger newest first, and its charges of a month (limits, statements).
             models.Index(
@@ -279,6 +280,12 @@ class UsageRecord(models.Model):
                 fields=["payer"],
                 condition=Q(state=UsageState.PENDING),
                 name="billing_usage_payer_pending",
+            ),
+            # Costs held for review count against limits until reviewed.
+            models.Index(
+                fields=["payer"],
+                condition=Q(state=UsageState.HELD),
+                name="billing_usage_payer_held",
             ),
         ]
         constraints = [

@@ -2,48 +2,79 @@
 
 Wire format (partner docs, "4. Billing"): POST the provider's cost URL with its bearer key and
 `{"requestIds": [...]}` (at most 10,000); it answers `{"requests": [{"requestId",
-"costNanoUsd"}]}`. Rules (DESIGN.md, Billing):
+"costNanoUsd"}]}`. Rules (DESIGN.md, Billing; issue 11, "a poller no provider can stall"):
 - a non-negative integer is the cost; a non-integer number is rounded up;
 - negative, non-numeric, missing or null costs are not applied: the record stays pending and
   the problem is written on it (`cost_error`) and counted in the provider's billing health;
+  so is a cost above `BILLING_COST_MAX_NANOUSD`, a number literal longer than
+  `COST_LITERAL_CHARS_MAX` or with an exponent beyond `COST_EXPONENT_MAX` (refused before any
+  conversion, which is quadratic in the number of digits), and a value nested deeper than
+  `JSON_DEPTH_MAX` (skipped without recursion, so the other IDs of the answer still apply);
 - an ID answered twice with different costs is ambiguous and stays pending too;
 - IDs we did not ask for are ignored (counted);
 - `{"requests": null}` means "nothing yet";
 - a timeout, a non-2xx answer, a body that is not the expected JSON, or a body over
   RESPONSE_BYTES_MAX changes nothing and is recorded as the provider's billing health.
-A record with no cost `FAILED_TO_BILL_AFTER` after its request becomes `failed_to_bill` and is
-never charged. Each batch is applied by `services.cost_batch_apply` (its own transaction,
-committed before the next batch is asked for).
+Each batch is applied by `services.cost_batch_apply` (its own transaction, committed before
+the next batch is asked for). A batch that fails to apply is bisected: the healthy halves are
+applied, a single failing ID is marked invalid with the error, and the poll goes on.
+
+One poll per provider at a time (a PostgreSQL advisory lock). The `failed_to_bill` window
+(`BILLING_FAILED_AFTER_S`) counts from when the provider was first asked about a record
+(`first_asked_at`, written before the question is sent); records are expired after the poll,
+so nothing becomes `failed_to_bill` without having been asked, unless it cannot be asked at
+all (a provider without a cost URL: then the window counts from `recorded_at`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F
-from django.utils import timezone
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F, Q
 
 from billing import services
 from billing.models import ProviderBillingHealth, UsageRecord, UsageState
-from core.money import ceil_nanousd
+from core.money import ceil_nanousd, format_usd
 from registry.models import Provider
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE_MAX = 10_000
 RESPONSE_BYTES_MAX = 50 * 1024 * 1024
+# A cost is at most BILLING_COST_MAX_NANOUSD (< 2**63: 19 digits); a longer literal, or one
+# whose exponent is larger than this, is refused as written, never converted.
+COST_LITERAL_CHARS_MAX = 40
+COST_EXPONENT_MAX = 30
+# The answer is an object > "requests" list > entry objects > values: containers nested deeper
+# than this are replaced by an invalid marker (an entry field's value may nest a little).
+JSON_DEPTH_MAX = 6
+# Calls of `cost_batch_apply` per batch while bisecting failures (one bad ID in 10,000 takes
+# about 28); past it the rest stays pending for the next poll.
+APPLY_ATTEMPTS_MAX = 64
+# pg_try_advisory_lock(namespace, provider id): "bill" in ASCII.
+POLL_LOCK_NAMESPACE = 0x62696C6C
 
 
 class CostAnswerError(Exception):
     """The provider's answer as a whole is unusable; nothing of it is applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A JSON value refused while parsing (too long, out of range, too deep); it says why."""
+
+    reason: str
 
 
 @dataclass
@@ -54,8 +85,141 @@ class ParsedCosts:
     nothing_yet: bool = False
 
 
+# --- parsing: bounded numbers, bounded depth, never recursion on input ------------------------
+_TOO_LONG = Invalid(f"cost number longer than {COST_LITERAL_CHARS_MAX} characters")
+_NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE]([-+]?[0-9]+))?")
+
+
+def _parse_int(literal: str) -> int | Invalid:
+    return _TOO_LONG if len(literal) > COST_LITERAL_CHARS_MAX else int(literal)
+
+
+def _parse_float(literal: str) -> Decimal | Invalid:
+    if len(literal) > COST_LITERAL_CHARS_MAX:
+        return _TOO_LONG
+    match = _NUMBER_RE.fullmatch(literal)
+    if match is None:  # the scanner only hands over JSON numbers; defensive
+        return Invalid("cost is not a number")
+    if match.group(1) and abs(int(match.group(1))) > COST_EXPONENT_MAX:
+        return Invalid(f"cost number exponent beyond ±{COST_EXPONENT_MAX}")
+    return Decimal(literal)
+
+
+def _parse_constant(name: str) -> Invalid:
+    return Invalid("cost is not finite")
+
+
+_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+)
+_scan = _DECODER.scan_once  # the C scanner: one JSON value at an index
+_WS = re.compile(r"[ \t\n\r]*")
+# Skipping an over-deep value: runs of other characters, whole strings, runs of brackets.
+_SKIP = re.compile(r'[^"\[\]{}]+|"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+', re.DOTALL)
+_TOO_DEEP = Invalid(f"value nested deeper than {JSON_DEPTH_MAX} levels")
+
+
+def _skip_container(s: str, idx: int) -> int:
+    """The index just past the container (array or object) starting at `idx`, without building
+    or validating it: brackets outside strings are counted, a run at a time."""
+    depth = 0
+    while True:
+        match = _SKIP.match(s, idx)
+        if match is None:
+            raise json.JSONDecodeError("Unterminated value", s, idx)
+        token = match.group()
+        if token[0] in "[{":
+            depth += len(token)
+        elif token[0] in "]}":
+            if len(token) >= depth:
+                return idx + depth
+            depth -= len(token)
+        idx = match.end()
+
+
+def _scan_value(s: str, idx: int) -> tuple[object, int]:
+    try:
+        return _scan(s, idx)
+    except StopIteration as exc:
+        raise json.JSONDecodeError("Expecting value", s, exc.value) from None
+
+
+def _key_at(s: str, idx: int) -> tuple[str, int]:
+    """An object key and the index of its value."""
+    if not s.startswith('"', idx):
+        raise json.JSONDecodeError("Expecting property name enclosed in double quotes", s, idx)
+    key, idx = _scan_value(s, idx)
+    idx = _WS.match(s, idx).end()
+    if not s.startswith(":", idx):
+        raise json.JSONDecodeError("Expecting ':' delimiter", s, idx)
+    return key, _WS.match(s, idx + 1).end()  # type: ignore[return-value]
+
+
+def _loads_bounded(s: str) -> object:
+    """`json.loads` for an answer the recursive parser refused (RecursionError): iterative,
+    with an explicit stack. Containers up to `JSON_DEPTH_MAX` deep are first handed whole to the
+    C scanner (at most JSON_DEPTH_MAX attempts re-read any byte) and built here only if that
+    recursed too deep; deeper ones become `Invalid` and are skipped with `_skip_container`."""
+    stack: list[list] = []  # frames [container, key of its next value]
+    idx = _WS.match(s, 0).end()
+    while True:
+        # At a value.
+        char = s[idx : idx + 1]
+        value: object
+        if char in ("[", "{"):
+            if len(stack) >= JSON_DEPTH_MAX:
+                value, idx = _TOO_DEEP, _skip_container(s, idx)
+            else:
+                try:
+                    value, idx = _scan(s, idx)
+                except RecursionError:
+                    frame: list = [[] if char == "[" else {}, None]
+                    stack.append(frame)
+                    idx = _WS.match(s, idx + 1).end()
+                    if not s.startswith("]" if char == "[" else "}", idx):
+                        if char == "{":
+                            frame[1], idx = _key_at(s, idx)
+                        continue  # its first value
+                    value, idx = stack.pop()[0], idx + 1
+        else:
+            value, idx = _scan_value(s, idx)
+        # After a value: store it in its container, then a separator or the container's end.
+        while True:
+            if not stack:
+                if _WS.match(s, idx).end() != len(s):
+                    raise json.JSONDecodeError("Extra data", s, idx)
+                return value
+            frame = stack[-1]
+            container = frame[0]
+            if isinstance(container, list):
+                container.append(value)
+            else:
+                container[frame[1]] = value
+            idx = _WS.match(s, idx).end()
+            char = s[idx : idx + 1]
+            if char == ",":
+                idx = _WS.match(s, idx + 1).end()
+                if isinstance(container, dict):
+                    frame[1], idx = _key_at(s, idx)
+                break  # the next value
+            if char == ("]" if isinstance(container, list) else "}"):
+                value, idx = stack.pop()[0], idx + 1
+                continue
+            raise json.JSONDecodeError("Expecting ',' delimiter", s, idx)
+
+
+def _loads(body: bytes) -> object:
+    text = body.decode(json.detect_encoding(body), "surrogatepass")
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        return _loads_bounded(text)
+
+
 def _cost_value(raw) -> int | str:
     """A valid cost in nano-USD, or a reason string why it is not."""
+    if isinstance(raw, Invalid):
+        return raw.reason
     if raw is None:
         return "cost is null"
     if isinstance(raw, bool) or not isinstance(raw, int | Decimal):
@@ -64,15 +228,21 @@ def _cost_value(raw) -> int | str:
         return "cost is not finite"
     if raw < 0:
         return "cost is negative"
-    return ceil_nanousd(raw)
+    cap = settings.BILLING_COST_MAX_NANOUSD
+    if raw > cap:  # compared before rounding: an int(...) of nothing huge
+        return f"cost above the cap of {format_usd(cap)} per request"
+    value = ceil_nanousd(raw)
+    if value > cap:
+        return f"cost above the cap of {format_usd(cap)} per request"
+    return value
 
 
 def parse_cost_answer(body: bytes, asked: set[str]) -> ParsedCosts:
     """Validates a cost endpoint answer against the IDs we asked for."""
     try:
-        data = json.loads(body, parse_float=Decimal)
+        data = _loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CostAnswerError(f"answer is not JSON: {exc}") from exc
+        raise CostAnswerError(f"answer is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict) or "requests" not in data:
         raise CostAnswerError('answer is not an object with "requests"')
     parsed = ParsedCosts()
@@ -102,17 +272,20 @@ def parse_cost_answer(body: bytes, asked: set[str]) -> ParsedCosts:
     return parsed
 
 
+# --- the poll ---------------------------------------------------------------------------------
 @dataclass
 class PollResult:
     batches: int = 0
     asked: int = 0
     billed: int = 0
     zero_cost: int = 0
+    held: int = 0
     invalid: int = 0
     unknown: int = 0
     failed_to_bill: int = 0
     charged_nanousd: int = 0
     error: str = ""
+    skipped: str = ""  # why nothing was done (another poll of the provider is running)
 
 
 def _record_health(
@@ -136,11 +309,22 @@ def _record_health(
 
 
 def expire_unbilled(*, provider: Provider, now: datetime) -> int:
-    """Pending records older than the billing window become `failed_to_bill` (not charged)."""
+    """Pending records whose billing window has passed become `failed_to_bill` (not charged).
+
+    The window counts from the first time the provider was asked about the record; a record
+    never asked expires only if it cannot be asked (no cost URL), counting from when it was
+    written (`recorded_at`, the database's clock)."""
     cutoff = now - timedelta(seconds=settings.BILLING_FAILED_AFTER_S)
+    window_passed = Q(first_asked_at__lt=cutoff)
+    if not provider.cost_url:
+        window_passed |= Q(first_asked_at__isnull=True, recorded_at__lt=cutoff)
     return UsageRecord.objects.filter(
-        provider=provider, state=UsageState.PENDING, created_at__lt=cutoff
+        window_passed, provider=provider, state=UsageState.PENDING
     ).update(state=UsageState.FAILED_TO_BILL)
+
+
+def _client() -> httpx.Client:
+    return httpx.Client(timeout=httpx.Timeout(settings.BILLING_COST_TIMEOUT_S))
 
 
 def _fetch(client: httpx.Client, provider: Provider, request_ids: list[str]) -> bytes:
@@ -193,6 +377,87 @@ def _next_batch(
         return cursor.fetchall()
 
 
+def _mark_asked(usage_ids: list[int], now: datetime) -> None:
+    """The first ask starts a record's billing window (committed before the question is sent,
+    so an unusable answer still counts)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE billing_usagerecord SET first_asked_at = %(now)s "
+            "WHERE id = ANY(%(ids)s) AND first_asked_at IS NULL",
+            {"now": now, "ids": usage_ids},
+        )
+
+
+def _database_now() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        return cursor.fetchone()[0]
+
+
+@contextmanager
+def _poll_lock(provider: Provider) -> Iterator[bool]:
+    """One poll per provider at a time: a session-level advisory lock, released at the end (or
+    with the session, if the worker dies). Yields whether this poll got it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [POLL_LOCK_NAMESPACE, provider.pk])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_advisory_unlock(%s, %s)", [POLL_LOCK_NAMESPACE, provider.pk]
+                    )
+            except DatabaseError:
+                # The session is unusable: end it (a pool must not hand it out still holding
+                # the lock), which releases the lock.
+                logger.exception("cost poll of %s: unlock failed; closing", provider.slug)
+                if connection.connection is not None:
+                    connection.connection.close()
+                connection.close()
+
+
+def _apply_isolated(
+    provider: Provider, costs: dict[str, int], now: datetime, result: PollResult
+) -> dict[str, str]:
+    """Applies `costs`; a failing application is bisected so that the healthy records still
+    apply. Returns the IDs that failed alone, with the error (class and message)."""
+    failed: dict[str, str] = {}
+    parts = [list(costs)] if costs else []
+    attempts = 0
+    while parts:
+        ids = parts.pop()
+        if attempts >= APPLY_ATTEMPTS_MAX:
+            left = len(ids) + sum(len(p) for p in parts)
+            result.error = f"{left} cost(s) left for the next poll after {attempts} attempts; " + (
+                result.error
+            )
+            break
+        attempts += 1
+        try:
+            applied = services.cost_batch_apply(
+                provider=provider, costs={i: costs[i] for i in ids}, now=now
+            )
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # isolated: anything a batch can raise (DataError, ...)
+            logger.warning("cost poll of %s: %d cost(s) failed: %r", provider.slug, len(ids), exc)
+            if len(ids) == 1:
+                failed[ids[0]] = f"{type(exc).__name__}: {exc}".strip()[:300]
+                result.error = f"cost of {ids[0]!r} could not be applied: {failed[ids[0]]}"
+            else:
+                middle = len(ids) // 2
+                parts += [ids[middle:], ids[:middle]]
+            continue
+        result.billed += applied.billed
+        result.zero_cost += applied.zero_cost
+        result.held += getattr(applied, "held", 0)
+        result.charged_nanousd += applied.charged_nanousd
+    return failed
+
+
 def cost_poll_provider(
     *,
     provider: Provider,
@@ -201,52 +466,82 @@ def cost_poll_provider(
     client: httpx.Client | None = None,
     progress: Callable[[int, PollResult], None] | None = None,
 ) -> PollResult:
-    """One polling cycle: every pending record old enough, oldest first, in batches."""
-    now = now or timezone.now()
-    batch_size = min(batch_size, BATCH_SIZE_MAX)
-    result = PollResult(failed_to_bill=expire_unbilled(provider=provider, now=now))
-    if not provider.cost_url:
+    """One polling cycle: ask about every pending record old enough, oldest first, in batches;
+    then expire the records whose window has passed. Returns at once, doing nothing, if
+    another poll of the provider is running."""
+    with _poll_lock(provider) as acquired:
+        if not acquired:
+            return PollResult(skipped="another poll of this provider is running")
+        return _poll(
+            provider=provider,
+            now=now or _database_now(),
+            batch_size=min(batch_size, BATCH_SIZE_MAX),
+            client=client,
+            progress=progress,
+        )
+
+
+def _poll(
+    *,
+    provider: Provider,
+    now: datetime,
+    batch_size: int,
+    client: httpx.Client | None,
+    progress: Callable[[int, PollResult], None] | None,
+) -> PollResult:
+    result = PollResult()
+    if provider.cost_url:
+        own_client = client is None
+        client = client or _client()
+        try:
+            _ask_all(provider, now, batch_size, client, progress, result)
+        finally:
+            if own_client:
+                client.close()
+    else:
         result.error = "provider has no cost URL"
-        _record_health(provider, now=now, error=result.error)
-        return result
-    ready_before = now - timedelta(seconds=provider.first_cost_query_delay_s)
-    own_client = client is None
-    client = client or httpx.Client(timeout=httpx.Timeout(settings.BILLING_COST_TIMEOUT_S))
-    after: tuple[datetime, int] | None = None
-    try:
-        while True:
-            rows = _next_batch(provider, ready_before, after, batch_size)
-            if not rows:
-                break
-            after = rows[-1][:2]
-            request_ids = [r[2] for r in rows]
-            result.batches += 1
-            result.asked += len(request_ids)
-            try:
-                parsed = parse_cost_answer(_fetch(client, provider, request_ids), set(request_ids))
-            except CostAnswerError as exc:
-                result.error = str(exc)
-                logger.warning("cost poll of %s failed: %s", provider.slug, exc)
-                break  # nothing applied; the records stay pending for the next cycle
-            applied = services.cost_batch_apply(provider=provider, costs=parsed.costs, now=now)
-            if parsed.invalid:
-                _mark_invalid(provider, parsed.invalid)
-            result.billed += applied.billed
-            result.zero_cost += applied.zero_cost
-            result.charged_nanousd += applied.charged_nanousd
-            result.invalid += len(parsed.invalid)
-            result.unknown += parsed.unknown
-            if progress:
-                progress(result.batches, result)
-            if len(rows) < batch_size:
-                break
-    finally:
-        if own_client:
-            client.close()
+    result.failed_to_bill = expire_unbilled(provider=provider, now=now)
     _record_health(
         provider, now=now, error=result.error, invalid=result.invalid, unknown=result.unknown
     )
     return result
+
+
+def _ask_all(
+    provider: Provider,
+    now: datetime,
+    batch_size: int,
+    client: httpx.Client,
+    progress: Callable[[int, PollResult], None] | None,
+    result: PollResult,
+) -> None:
+    ready_before = now - timedelta(seconds=provider.first_cost_query_delay_s)
+    after: tuple[datetime, int] | None = None
+    while True:
+        rows = _next_batch(provider, ready_before, after, batch_size)
+        if not rows:
+            return
+        after = rows[-1][:2]
+        request_ids = [r[2] for r in rows]
+        result.batches += 1
+        result.asked += len(request_ids)
+        _mark_asked([r[1] for r in rows], now)
+        try:
+            parsed = parse_cost_answer(_fetch(client, provider, request_ids), set(request_ids))
+        except CostAnswerError as exc:
+            result.error = str(exc)
+            logger.warning("cost poll of %s failed: %s", provider.slug, exc)
+            return  # nothing applied; the records stay pending for the next cycle
+        failed = _apply_isolated(provider, parsed.costs, now, result)
+        invalid = {**parsed.invalid, **failed}
+        if invalid:
+            _mark_invalid(provider, invalid)
+        result.invalid += len(invalid)
+        result.unknown += parsed.unknown
+        if progress:
+            progress(result.batches, result)
+        if len(rows) < batch_size:
+            return
 
 
 def _mark_invalid(provider: Provider, invalid: dict[str, str]) -> None:

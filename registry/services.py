@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
@@ -54,6 +55,12 @@ def _validate_url(value: str, *, field: str, required: bool = True) -> str:
     return value
 
 
+def first_cost_query_delay_max_s() -> int:
+    """The longest first-query delay: a request is asked about at least one poll interval
+    before its billing window (`BILLING_FAILED_AFTER_S`) could close."""
+    return max(int(settings.BILLING_FAILED_AFTER_S - settings.BILLING_POLL_INTERVAL_S) - 1, 0)
+
+
 def provider_settings_clean(
     *,
     base_url: str,
@@ -77,6 +84,15 @@ def provider_settings_clean(
         raise DomainError(
             "validation_error",
             "first_cost_query_delay_s must not be negative.",
+            field="first_cost_query_delay_s",
+        )
+    delay_max_s = first_cost_query_delay_max_s()
+    if first_cost_query_delay_s > delay_max_s:
+        raise DomainError(
+            "validation_error",
+            f"first_cost_query_delay_s must be at most {delay_max_s} (the "
+            f"{settings.BILLING_FAILED_AFTER_S} s billing window less a poll interval), so "
+            "every request is asked about before it can fail to bill.",
             field="first_cost_query_delay_s",
         )
     return {

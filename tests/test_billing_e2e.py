@@ -13,6 +13,7 @@ from accounts.tests.factories import MembershipFactory, OrganizationFactory, Use
 from billing import services
 from billing.models import AccountKind, LedgerTransaction, UsageRecord
 from billing.selectors import invariant_violations
+from billing.tasks import credits_ensure_month_all
 from registry.tests.factories import ProviderFactory
 from simulator.costs import cost_nanousd
 from testsupport.processes import celery_processes, wait_for
@@ -105,9 +106,12 @@ def test_the_worker_and_beat_charge_users_and_organizations_in_pool_order(provid
     assert invariant_violations() == []
 
 
-def test_a_new_month_expires_unused_credits_and_grants_fresh_ones_through_the_worker(
+def test_a_new_month_grants_fresh_credits_and_the_closed_month_expires_through_the_worker(
     provider, tmp_path
 ):
+    """This month's first charges grant this month's credits lazily; the hourly job (sent to
+    the worker) then expires what is left of last month, whose billing has long closed.
+    (On the 1st of a month before about 00:35 UTC last month would still be open.)"""
     user = UserFactory(username="monthly", plan="pro")
     payer = services.billing_account_get_or_create_for_user(user=user)
     last_month = timezone.now().replace(day=1) - timedelta(days=3)
@@ -120,14 +124,19 @@ def test_a_new_month_expires_unused_credits_and_grants_fresh_ones_through_the_wo
             timeout_s=90,
         )
         assert done, "\n".join(p.output() for p in procs)
+        credits_ensure_month_all.delay()
+        closed = wait_for(
+            lambda: LedgerTransaction.objects.filter(billing_account=payer, kind="expiry").exists(),
+            timeout_s=60,
+        )
+        assert closed, "\n".join(p.output() for p in procs)
 
     kinds = list(
         LedgerTransaction.objects.filter(billing_account=payer)
         .order_by("id")
         .values_list("kind", flat=True)
     )
-    assert kinds[:3] == ["grant", "expiry", "grant"]
-    assert kinds.count("charge") == 3
+    assert kinds == ["grant", "grant", "charge", "charge", "charge", "expiry"]
     total = sum(cost_nanousd(i) for i in ids)
     assert pools(payer)["included"] == plans.PRO_USER_MONTHLY_NANOUSD - total
     expired = services.platform_account_get_or_create(AccountKind.CREDITS_EXPIRED)

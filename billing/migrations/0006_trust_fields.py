@@ -108,7 +108,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="ledgertransaction",
             index=models.Index(
-                fields=["billing_account", "period", "kind"], name="billing_txn_payer_period"
+                fields=["billing_account", "kind", "period"], name="billing_txn_payer_period"
             ),
         ),
         migrations.AddConstraint(

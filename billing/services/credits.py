@@ -165,8 +165,8 @@ def included_left(pairs: Sequence[tuple[int, date]]) -> dict[tuple[int, date], i
         cursor.execute(
             "SELECT t.billing_account_id, t.period, coalesce(sum(e.amount_nanousd), 0) "
             "FROM unnest(%(payers)s::bigint[], %(periods)s::date[]) AS q(payer, period) "
-            "JOIN billing_ledgertransaction t "
-            " ON t.billing_account_id = q.payer AND t.period = q.period "
+            "JOIN billing_ledgertransaction t ON t.billing_account_id = q.payer "
+            " AND t.kind = ANY(%(kinds)s) AND t.period = q.period "
             "JOIN billing_ledgerentry e ON e.transaction_id = t.id "
             "JOIN billing_ledgeraccount a ON a.id = e.account_id "
             " AND a.kind = %(included)s AND a.billing_account_id = q.payer "
@@ -174,6 +174,7 @@ def included_left(pairs: Sequence[tuple[int, date]]) -> dict[tuple[int, date], i
             {
                 "payers": [p for p, _ in pairs],
                 "periods": [d for _, d in pairs],
+                "kinds": [k for k in TransactionKind.values if k != TransactionKind.TOP_UP],
                 "included": AccountKind.INCLUDED,
             },
         )

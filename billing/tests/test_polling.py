@@ -88,7 +88,11 @@ def test_records_younger_than_the_first_query_delay_wait(sim):
 def test_records_without_a_cost_after_the_window_fail_to_bill(sim, settings):
     settings.BILLING_FAILED_AFTER_S = 60
     stale = make_pending(sim, 2, age_s=120)
-    result = polling.cost_poll_provider(provider=sim)
+    sim.faults(withheld=1.0)
+    first = polling.cost_poll_provider(provider=sim)
+    # Asked first: the window counts from the first ask, not from the request.
+    assert (first.asked, first.failed_to_bill) == (2, 0)
+    result = polling.cost_poll_provider(provider=sim, now=timezone.now() + timedelta(seconds=61))
     assert result.failed_to_bill == 2
     assert set(states(stale).values()) == {"failed_to_bill"}
     assert LedgerTransaction.objects.filter(kind="charge").count() == 0

@@ -1,8 +1,10 @@
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Exists, OuterRef
 
 from billing import polling
+from billing.models import UsageRecord, UsageState
 from core.money import format_usd
-from registry.models import Provider, ProviderState
+from registry.models import Provider
 
 
 class Command(BaseCommand):
@@ -22,11 +24,13 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=polling.BATCH_SIZE_MAX)
 
     def handle(self, *args, provider, batch_size, **options):
-        providers = Provider.objects.filter(state=ProviderState.ACTIVE).exclude(cost_url="")
+        # As the beat task: every provider with pending records, whatever its state.
+        pending = UsageRecord.objects.filter(provider=OuterRef("pk"), state=UsageState.PENDING)
+        providers = Provider.objects.filter(Exists(pending))
         if provider:
-            providers = providers.filter(slug=provider)
+            providers = Provider.objects.filter(slug=provider)
             if not providers.exists():
-                raise CommandError(f"--provider: no active provider {provider!r} with a cost URL")
+                raise CommandError(f"--provider: no provider {provider!r}")
         failed = False
         for p in providers.order_by("slug"):
 
@@ -39,11 +43,14 @@ class Command(BaseCommand):
             result = polling.cost_poll_provider(
                 provider=p, batch_size=batch_size, progress=progress
             )
+            if result.skipped:
+                self.stdout.write(f"{p.slug}: skipped ({result.skipped})")
+                continue
             line = (
                 f"{p.slug}: {result.batches} batch(es), asked {result.asked}, billed "
                 f"{result.billed} ({format_usd(result.charged_nanousd)}), zero-cost "
-                f"{result.zero_cost}, invalid {result.invalid}, unknown {result.unknown}, "
-                f"failed-to-bill {result.failed_to_bill}"
+                f"{result.zero_cost}, held {result.held}, invalid {result.invalid}, unknown "
+                f"{result.unknown}, failed-to-bill {result.failed_to_bill}"
             )
             if result.error:
                 failed = True
