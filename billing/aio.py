@@ -25,31 +25,34 @@ from billing.limits import (
     state_from_row,
     state_params,
 )
-from billing.usage_row import USAGE_ROW_INSERT_SQL, UsageRow, usage_row_params
+from billing.usage_row import (
+    HEALTH_COUNT_SQL,
+    STORED_ROWS_SQL,
+    USAGE_ROW_INSERT_SQL,
+    UsageRow,
+    health_counts,
+    reused_rows,
+    usage_row_params,
+)
 
 # Successes without a request-ID header, counted against each provider (one id per answer).
-MISSING_REQUEST_IDS_SQL = """
-INSERT INTO billing_providerbillinghealth (provider_id, last_error, consecutive_failures,
-    invalid_costs_total, unknown_ids_total, missing_request_ids_total)
-SELECT provider_id, '', 0, 0, 0, count(*) FROM unnest(%s::bigint[]) AS t(provider_id)
-GROUP BY provider_id
-ON CONFLICT (provider_id) DO UPDATE SET missing_request_ids_total =
-    billing_providerbillinghealth.missing_request_ids_total + EXCLUDED.missing_request_ids_total
-"""
+MISSING_REQUEST_IDS_SQL = HEALTH_COUNT_SQL["missing_request_ids_total"]
 # The billing account of a user or an organization.
 PAYER_SQL = {
     "user": "SELECT id FROM billing_billingaccount WHERE user_id = %s",
     "org": "SELECT id FROM billing_billingaccount WHERE organization_id = %s",
 }
-# Serializes limit checks of one payer, so that reservations see each other.
+# Serializes the checks of one payer, so that reservations see each other.
 LOCK_PAYER_SQL = "SELECT id FROM billing_billingaccount WHERE id = %(payer)s FOR UPDATE"
 RESERVE_SQL = """
 INSERT INTO billing_inflight (payer_id, estimated_cost_nanousd, created_at, expires_at)
 VALUES (%(payer)s, %(estimate)s, %(now)s, %(expires)s) RETURNING id
 """
 RELEASE_SQL = "DELETE FROM billing_inflight WHERE id = ANY(%s)"
-# A request still in flight after this long no longer counts (its router probably died).
+# A reservation whose router stops refreshing it (`reservations_refresh`: it died) stops
+# counting this long after its last refresh.
 IN_FLIGHT_TTL = timedelta(minutes=15)
+REFRESH_SQL = "UPDATE billing_inflight SET expires_at = %(expires)s WHERE id = ANY(%(ids)s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +61,38 @@ class _Id:
 
 
 async def usage_rows_insert(conn: AsyncConnection, rows: Sequence[UsageRow]) -> None:
-    """Writes usage rows (one pipelined round trip), idempotent on (provider, request ID)."""
-    if rows:
-        async with conn.cursor() as cursor:
-            await cursor.executemany(USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in rows])
+    """Writes usage rows (one pipelined round trip), idempotent on (provider, request ID): a
+    row whose key is taken by the same request (a retry) writes nothing; by another request
+    (the provider reused an ID), it is stored under a key of its own and counted in billing
+    health (`billing.usage_row.reused_rows`), as are request IDs too long to store."""
+    if not rows:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in rows], returning=True
+        )
+        written = set()
+        while True:
+            written.update(await cursor.fetchall())
+            if not cursor.nextset():
+                break
+        conflicted = [r for r in rows if (r.provider_id, r.request_id) not in written]
+        reused = []
+        if conflicted:
+            async with conn.cursor(row_factory=dict_row) as stored_cursor:
+                await stored_cursor.execute(
+                    STORED_ROWS_SQL,
+                    ([r.provider_id for r in conflicted], [r.request_id for r in conflicted]),
+                )
+                stored = await stored_cursor.fetchall()
+            reused = reused_rows(rows, conflicted, stored)
+            if reused:
+                await cursor.executemany(
+                    USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in reused]
+                )
+        for column, provider_ids in health_counts([*rows, *reused]).items():
+            if provider_ids:
+                await cursor.execute(HEALTH_COUNT_SQL[column], (provider_ids,))
 
 
 async def missing_request_ids_count(conn: AsyncConnection, *, provider_ids: Sequence[int]) -> None:
@@ -82,32 +113,48 @@ async def payer_id_get(conn: AsyncConnection, *, user_id: int, org_id: int | Non
 
 
 async def payer_reserve(
-    conn: AsyncConnection, *, terms: PayerTerms, estimate_nanousd: int, now: datetime
+    conn: AsyncConnection,
+    *,
+    terms: PayerTerms,
+    estimate_nanousd: int,
+    now: datetime,
+    ttl: timedelta = IN_FLIGHT_TTL,
+    replaces: int | None = None,
 ) -> tuple[Decision, int | None]:
-    """The router's check (`billing.limits.decide`): the decision and, for a payer with a
-    spending limit, the id of the in-flight reservation of `estimate_nanousd` it holds
-    (release it with `reservations_release` in the transaction that records the usage).
+    """The router's check (`billing.limits.decide`) for a request whose upper bound is
+    `estimate_nanousd`: the decision and, for a bounded payer (every payer but
+    `terms.always_allowed`), the id of the in-flight reservation of that bound it holds (keep
+    it alive with `reservations_refresh`, release it with `reservations_release` in the
+    transaction that records the usage). `replaces`: a reservation of the same request to
+    drop first (fail-over to a provider with other prices re-estimates).
 
-    A payer with a limit is locked for the check, so concurrent requests are decided one after
-    the other and each sees the reservations of the ones before it: the limit can be passed by
-    at most one request's cost (the last one allowed)."""
+    The payer is locked for the check, so concurrent requests are decided one after the other
+    and each sees the reservations of the ones before it. One transaction, four statements."""
     if terms.always_allowed:
         return decide(terms, None), None
-    with_spend = terms.limit_nanousd is not None
     params = state_params(terms.payer_id, now)
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
-        if with_spend:
-            await cursor.execute(LOCK_PAYER_SQL, params)
-        await cursor.execute(BALANCES_SPEND_SQL if with_spend else BALANCES_SQL, params)
-        decision = decide(terms, state_from_row(terms, await cursor.fetchone()))
-        if not (decision.allowed and with_spend):
+        await cursor.execute(LOCK_PAYER_SQL, params)
+        if replaces is not None:
+            await cursor.execute(RELEASE_SQL, ([replaces],))
+        await cursor.execute(BALANCES_SPEND_SQL if terms.with_spend else BALANCES_SQL, params)
+        state = state_from_row(terms, await cursor.fetchone())
+        estimate = max(estimate_nanousd, 0)
+        decision = decide(terms, state, estimate_nanousd=estimate)
+        if not decision.allowed:
             return decision, None
-        await cursor.execute(
-            RESERVE_SQL,
-            {**params, "estimate": max(estimate_nanousd, 0), "expires": now + IN_FLIGHT_TTL},
-        )
+        await cursor.execute(RESERVE_SQL, {**params, "estimate": estimate, "expires": now + ttl})
         reservation = await cursor.fetchone()
     return decision, reservation["id"]
+
+
+async def reservations_refresh(
+    conn: AsyncConnection, *, reservation_ids: Sequence[int], expires_at: datetime
+) -> None:
+    """Moves the expiry of these in-flight reservations (requests still being served, streams
+    included) to `expires_at`: one statement for all of them."""
+    if reservation_ids:
+        await conn.execute(REFRESH_SQL, {"ids": list(reservation_ids), "expires": expires_at})
 
 
 async def reservations_release(conn: AsyncConnection, *, reservation_ids: Sequence[int]) -> None:

@@ -3,29 +3,37 @@
 A charge for a request already served is never refused, so limits are enforced here, before
 routing; a refusal becomes a 402 whose message is `Decision.reason`.
 
-This module holds the rule (`decide`, from a payer's `PayerTerms` and `PayerState`), the
-statements that read a payer's state, and the housekeeping of reservations. The router's
-check-and-reserve, on its async connection, is `billing.aio.payer_reserve`; `payer_may_start`
-is the same check for synchronous callers.
+This module holds the rule (`decide`, from a payer's `PayerTerms`, its `PayerState` and the
+new request's upper-bound estimate), the statements that read a payer's state, and the
+housekeeping of reservations. The router's check-and-reserve, on its async connection, is
+`billing.aio.payer_reserve`; `payer_may_start` is the same check for synchronous callers.
 
-Rules:
-- Payers without pay-as-you-go (free users, free organizations) may start a request only while
-  included + prepaid credits > 0 and they owe nothing (payg >= 0): a debt blocks them.
-- PRO users and team/enterprise organizations have pay-as-you-go: they may always start,
-  except an organization with a monthly spending limit, which is refused once
+Bounded payers are every payer without pay-as-you-go and every organization with a spending
+limit; the others (PRO users, team/enterprise organizations without a limit) may always start
+and nothing is read. For a bounded payer the router reserves the request's upper bound (an
+`InFlight` row) under a lock on the payer, so concurrent requests see each other.
 
-      pay-as-you-go spend this month + pending estimates beyond its credits >= limit
+"Pending" is the sum of `estimated_cost_nanousd` (the request's upper bound, docs/billing.md
+"Spending limits: the bound") of the payer's usage records that are
+- `pending` (served, cost not yet known) and still inside their billing window:
+  `coalesce(first_asked_at, recorded_at) > now - BILLING_FAILED_AFTER_S` (a record past its
+  window will never be charged, so it stops counting), or
+- `held` for review (charged only if a person approves it),
+plus the payer's unexpired in-flight reservations (requests being served right now).
 
-  and it has no credits left beyond its pending estimates. "Pay-as-you-go spend this month"
-  is, from the ledger, the sum of the negative payg entries of `charge` transactions created
-  in the current calendar month (UTC), as a positive number. "Pending estimates" is the sum of
-  `estimated_cost_nanousd` of the payer's usage records still `pending` (served, cost not yet
-  known) plus the unexpired in-flight reservations (requests being served right now; the
-  router reserves under a lock on the payer, so concurrent requests see each other).
-  Pending charges are paid from credits first (included, then prepaid), so only the
-  part of the estimates the remaining credits do not cover will be pay-as-you-go; and while
-  credits remain, a new request is paid from them, not from pay-as-you-go (so a limit of $0
-  means "credits only", not "nothing").
+Rules (`E` = the new request's upper bound, at least 1 nano-USD):
+- Payers without pay-as-you-go (free users, free organizations) may start only while they owe
+  nothing (payg >= 0: a debt blocks them) and included + prepaid credits > pending. So they
+  cannot run more than their credits plus one reservation in flight.
+- An organization with a monthly spending limit may start when its credits cover pending + E
+  (the request is paid from credits; a limit of $0 means "credits only"), else only while
+
+      pay-as-you-go spend this month + (pending + E - credits) <= limit
+
+  so the limit holds exactly when providers charge no more than the reservations.
+  "Pay-as-you-go spend of month M" is minus the sum of the payer's `payg` legs of `charge`
+  and `refund` transactions whose `period` is M (the request's UTC month; a refund nets its
+  charge out). Transactions written before `period` existed (null) count by `created_at`.
 
 Included credits are granted lazily (hourly beat, or the first charge of a month). Until this
 month's grant is posted, the included pool still holds last month's rest, which the grant
@@ -38,9 +46,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -62,40 +71,42 @@ class Decision:
     code: str
 
 
-# Balances of the payer's pools, and whether this month's grant was posted (columns by name:
-# `PayerState` is built from them). Enum values are parameters (`state_params`).
-BALANCES_SQL = """
-SELECT
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(included)s), 0)::bigint AS included,
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(prepaid)s), 0)::bigint AS prepaid,
-    coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(payg)s), 0)::bigint AS payg,
-    EXISTS (SELECT 1 FROM billing_ledgertransaction WHERE idempotency_key = %(grant_key)s)
-        AS granted
-FROM billing_ledgeraccount a WHERE a.billing_account_id = %(payer)s
-"""
-# The same, plus this month's pay-as-you-go spend and the pending estimates.
-BALANCES_SPEND_SQL = """
-SELECT
+# Balances of the payer's pools, whether this month's grant was posted, and its pending
+# estimates (columns by name: `PayerState` is built from them). Enum values are parameters
+# (`state_params`). The pending sum reads the partial indexes `billing_usage_payer_pending`
+# and `billing_usage_payer_held`, and `billing_inflight_payer`.
+_BALANCES = """
     coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(included)s), 0)::bigint AS included,
     coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(prepaid)s), 0)::bigint AS prepaid,
     coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(payg)s), 0)::bigint AS payg,
     EXISTS (SELECT 1 FROM billing_ledgertransaction WHERE idempotency_key = %(grant_key)s)
         AS granted,
+    (SELECT coalesce(sum(u.estimated_cost_nanousd), 0)::bigint
+       FROM billing_usagerecord u
+      WHERE u.payer_id = %(payer)s AND u.state = %(pending)s
+        AND coalesce(u.first_asked_at, u.recorded_at) > %(window_start)s)
+    + (SELECT coalesce(sum(u.estimated_cost_nanousd), 0)::bigint
+       FROM billing_usagerecord u WHERE u.payer_id = %(payer)s AND u.state = %(held)s)
+    + (SELECT coalesce(sum(f.estimated_cost_nanousd), 0)::bigint
+       FROM billing_inflight f WHERE f.payer_id = %(payer)s AND f.expires_at > %(now)s)
+        AS pending"""
+# This month's pay-as-you-go spend: charges net of refunds, by the request's month (`period`;
+# rows written before `period` existed have none and count by when they were posted).
+_PAYG_SPEND = """
     (SELECT coalesce(-sum(e.amount_nanousd), 0)::bigint
        FROM billing_ledgertransaction t
        JOIN billing_ledgerentry e ON e.transaction_id = t.id
        JOIN billing_ledgeraccount p ON p.id = e.account_id
-      WHERE t.billing_account_id = %(payer)s AND t.kind = %(charge)s
-        AND t.created_at >= %(start)s AND t.created_at < %(end)s
-        AND p.billing_account_id = %(payer)s AND p.kind = %(payg)s AND e.amount_nanousd < 0)
-        AS payg_spend,
-    (SELECT coalesce(sum(u.estimated_cost_nanousd), 0)::bigint
-       FROM billing_usagerecord u WHERE u.payer_id = %(payer)s AND u.state = %(pending)s)
-    + (SELECT coalesce(sum(f.estimated_cost_nanousd), 0)::bigint
-       FROM billing_inflight f WHERE f.payer_id = %(payer)s AND f.expires_at > %(now)s)
-        AS pending
-FROM billing_ledgeraccount a WHERE a.billing_account_id = %(payer)s
-"""
+      WHERE t.billing_account_id = %(payer)s AND t.kind IN (%(charge)s, %(refund)s)
+        AND (t.period = %(period)s
+             OR (t.period IS NULL AND t.created_at >= %(start)s AND t.created_at < %(end)s))
+        AND p.billing_account_id = %(payer)s AND p.kind = %(payg)s)
+        AS payg_spend"""
+_FROM_POOLS = "\nFROM billing_ledgeraccount a WHERE a.billing_account_id = %(payer)s\n"
+# Payers without pay-as-you-go: balances and pending.
+BALANCES_SQL = "SELECT" + _BALANCES + _FROM_POOLS
+# Organizations with a spending limit: the same, plus this month's pay-as-you-go spend.
+BALANCES_SPEND_SQL = "SELECT" + _BALANCES + "," + _PAYG_SPEND + _FROM_POOLS
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ class PayerState:
     prepaid_nanousd: int
     payg_nanousd: int  # negative = owed
     payg_spend_nanousd: int = 0  # this month; only read for organizations with a limit
-    pending_nanousd: int = 0  # likewise
+    pending_nanousd: int = 0  # pending records and in-flight reservations (module docstring)
 
     @property
     def credits_nanousd(self) -> int:
@@ -117,14 +128,18 @@ def state_params(payer_id: int, now: datetime) -> dict:
     return {
         "payer": payer_id,
         "grant_key": grant_key(payer_id, month_label(now)),
+        "period": start.date(),
         "start": start,
         "end": end,
         "now": now,
+        "window_start": now - timedelta(seconds=settings.BILLING_FAILED_AFTER_S),
         "included": AccountKind.INCLUDED,
         "prepaid": AccountKind.PREPAID,
         "payg": AccountKind.PAYG,
         "charge": TransactionKind.CHARGE,
+        "refund": TransactionKind.REFUND,
         "pending": UsageState.PENDING,
+        "held": UsageState.HELD,
     }
 
 
@@ -141,8 +156,13 @@ class PayerTerms:
 
     @property
     def always_allowed(self) -> bool:
-        """Pay-as-you-go without a limit: no balance needs reading."""
+        """Pay-as-you-go without a limit: no balance needs reading, nothing is reserved."""
         return self.has_payg and self.limit_nanousd is None
+
+    @property
+    def with_spend(self) -> bool:
+        """Whether the check reads this month's pay-as-you-go spend (`BALANCES_SPEND_SQL`)."""
+        return self.limit_nanousd is not None
 
 
 def terms_for(
@@ -206,7 +226,7 @@ def state_from_row(terms: PayerTerms, row: Mapping[str, Any]) -> PayerState:
 def payer_state(
     *, billing_account: BillingAccount, now: datetime, with_spend: bool = False
 ) -> PayerState:
-    """Balances (and, with `with_spend`, this month's payg spend and pending estimates)."""
+    """Balances and pending estimates (and, with `with_spend`, this month's payg spend)."""
     terms = payer_terms(billing_account=billing_account)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -218,11 +238,13 @@ def payer_state(
     return state_from_row(terms, row)
 
 
-def decide(terms: PayerTerms, state: PayerState | None) -> Decision:
-    """The rules of the module docstring. `state` may be None when `terms.always_allowed`."""
+def decide(terms: PayerTerms, state: PayerState | None, *, estimate_nanousd: int = 1) -> Decision:
+    """The rules of the module docstring for a new request whose upper bound is
+    `estimate_nanousd` (at least 1). `state` may be None when `terms.always_allowed`."""
     if terms.always_allowed:
         return Decision(True, "", ALLOWED)
     who = terms.who
+    pending = state.pending_nanousd
     if not terms.has_payg:
         if state.payg_nanousd < 0:
             return Decision(
@@ -232,41 +254,54 @@ def decide(terms: PayerTerms, state: PayerState | None) -> Decision:
                 "it is settled.",
                 DEBT,
             )
-        if state.credits_nanousd <= 0:
+        if state.credits_nanousd <= pending:
+            in_use = (
+                f" beyond {format_usd(pending)} reserved for requests not yet billed"
+                if pending > 0
+                else ""
+            )
             return Decision(
                 False,
-                f"{who} has no credits left (its plan includes "
+                f"{who} has no credits left{in_use} (its plan includes "
                 f"{format_usd(terms.monthly_credit_nanousd)} per month); buy "
                 f"prepaid credits or {terms.upgrade} to continue.",
                 NO_CREDITS,
             )
         return Decision(True, "", ALLOWED)
 
-    if state.credits_nanousd > state.pending_nanousd:
-        return Decision(True, "", ALLOWED)  # the next request is paid from credits
+    estimate = max(estimate_nanousd, 1)
+    if state.credits_nanousd >= pending + estimate:
+        return Decision(True, "", ALLOWED)  # the request is paid from credits
     limit = terms.limit_nanousd
-    used = state.payg_spend_nanousd + state.pending_nanousd - state.credits_nanousd
-    if used >= limit:
-        return Decision(
-            False,
-            f"{who} reached its monthly spending limit of {format_usd(limit)} "
-            f"({format_usd(used)} spent or pending).",
-            SPENDING_LIMIT,
-        )
+    used = state.payg_spend_nanousd + pending - state.credits_nanousd
+    if used + estimate > limit:
+        if used >= limit:
+            reason = (
+                f"{who} reached its monthly spending limit of {format_usd(limit)} "
+                f"({format_usd(used)} spent or pending)."
+            )
+        else:
+            reason = (
+                f"{who} would pass its monthly spending limit of {format_usd(limit)} "
+                f"({format_usd(used)} spent or pending) with this request, which may cost "
+                f"up to {format_usd(estimate)}; set max_tokens lower or raise the limit."
+            )
+        return Decision(False, reason, SPENDING_LIMIT)
     return Decision(True, "", ALLOWED)
 
 
-def payer_may_start(*, billing_account: BillingAccount, now: datetime | None = None) -> Decision:
-    """Whether `billing_account` may start a new request now; `reason` is the 402 message."""
+def payer_may_start(
+    *, billing_account: BillingAccount, now: datetime | None = None, estimate_nanousd: int = 1
+) -> Decision:
+    """Whether `billing_account` may start a new request whose upper bound is
+    `estimate_nanousd` now; `reason` is the 402 message."""
     terms = payer_terms(billing_account=billing_account)
     if terms.always_allowed:
         return decide(terms, None)
     state = payer_state(
-        billing_account=billing_account,
-        now=now or timezone.now(),
-        with_spend=terms.limit_nanousd is not None,
+        billing_account=billing_account, now=now or timezone.now(), with_spend=terms.with_spend
     )
-    return decide(terms, state)
+    return decide(terms, state, estimate_nanousd=estimate_nanousd)
 
 
 def in_flight_expired_delete(*, now: datetime | None = None) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
-from django.db import connection
+from django.db import connections
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -62,6 +62,49 @@ INVARIANTS = [
         "SELECT id, state FROM billing_usagerecord WHERE state <> %(billed)s "
         "AND charge_id IS NOT NULL",
     ),
+    (
+        # A charge moves its record's payer's money to its record's provider, nothing else.
+        "charge leg outside its payer's pools and its provider's payable",
+        "SELECT t.id, 'account ' || a.id || ' (' || a.kind || ') ' || e.amount_nanousd "
+        "FROM billing_ledgertransaction t "
+        "JOIN billing_ledgerentry e ON e.transaction_id = t.id "
+        "JOIN billing_ledgeraccount a ON a.id = e.account_id "
+        "LEFT JOIN billing_usagerecord u ON u.charge_id = t.id "
+        "WHERE t.kind = %(charge)s AND NOT coalesce("
+        " (a.kind = ANY(%(payer_kinds)s) AND a.billing_account_id = t.billing_account_id"
+        "  AND t.billing_account_id = u.payer_id)"
+        " OR (a.kind = %(provider_payable)s AND a.provider_id = u.provider_id), false)",
+    ),
+    (
+        # `refund:<charge id>` (billing.services.corrections.charge_refund): per account, the
+        # refund's legs and its charge's add up to zero, for the charge's payer.
+        "refund is not its charge negated",
+        "WITH r AS (SELECT t.id, t.billing_account_id AS payer, c.id AS charge_id, "
+        " c.billing_account_id AS charge_payer FROM billing_ledgertransaction t "
+        " LEFT JOIN billing_ledgertransaction c ON c.kind = %(charge)s "
+        "  AND c.id = substring(t.idempotency_key FROM '^refund:([0-9]{1,18})$')::bigint "
+        " WHERE t.kind = %(refund)s) "
+        "SELECT r.id, 'account ' || e.account_id || ' off by ' || sum(e.amount_nanousd) "
+        "FROM r JOIN billing_ledgerentry e ON e.transaction_id IN (r.id, r.charge_id) "
+        "WHERE r.charge_id IS NOT NULL GROUP BY r.id, e.account_id "
+        "HAVING sum(e.amount_nanousd) <> 0 "
+        "UNION ALL SELECT r.id, 'refunds no charge' FROM r WHERE r.charge_id IS NULL "
+        "UNION ALL SELECT r.id, 'payer ' || coalesce(r.payer::text, 'none') || ', its charge''s "
+        "' || coalesce(r.charge_payer::text, 'none') FROM r "
+        "WHERE r.charge_id IS NOT NULL AND r.payer IS DISTINCT FROM r.charge_payer",
+    ),
+    (
+        # Every leg on a payer's pool (included, prepaid, pay-as-you-go) is in a transaction of
+        # that payer, whatever its kind: a pool handed to another payer shows here.
+        "payer pool leg in another payer's transaction",
+        "SELECT t.id, 'account ' || a.id || ' of payer ' || a.billing_account_id || ' in a "
+        "transaction of ' || coalesce(t.billing_account_id::text, 'no payer') "
+        "FROM billing_ledgerentry e "
+        "JOIN billing_ledgeraccount a ON a.id = e.account_id "
+        "JOIN billing_ledgertransaction t ON t.id = e.transaction_id "
+        "WHERE a.kind = ANY(%(payer_kinds)s) "
+        "AND a.billing_account_id IS DISTINCT FROM t.billing_account_id",
+    ),
 ]
 
 
@@ -69,15 +112,18 @@ _INVARIANT_PARAMS = {
     "included": AccountKind.INCLUDED,
     "prepaid": AccountKind.PREPAID,
     "provider_payable": AccountKind.PROVIDER_PAYABLE,
+    "payer_kinds": [str(kind) for kind in PAYER_KINDS],
     "charge": TransactionKind.CHARGE,
+    "refund": TransactionKind.REFUND,
     "billed": UsageState.BILLED,
 }
 
 
-def invariant_violations() -> list[tuple[str, object, str]]:
-    """Every violated invariant as (check, id, detail); empty when the books are right."""
+def invariant_violations(using: str = "default") -> list[tuple[str, object, str]]:
+    """Every violated invariant as (check, id, detail); empty when the books are right.
+    `using`: the database alias to read (the tests read the owner's uncommitted corruption)."""
     found = []
-    with connection.cursor() as cursor:
+    with connections[using].cursor() as cursor:
         for name, sql in INVARIANTS:
             cursor.execute(sql, _INVARIANT_PARAMS)
             found += [(name, row[0], row[1]) for row in cursor.fetchall()]
@@ -114,6 +160,17 @@ def month_label(moment: datetime) -> str:
     return f"{month_bounds(moment)[0]:%Y-%m}"
 
 
+def period_of(moment: datetime) -> date:
+    """The first day of the calendar month (UTC) containing `moment`: a ledger transaction's
+    `period`, the month its money belongs to."""
+    return month_bounds(moment)[0].date()
+
+
+def label_of(period: date) -> str:
+    """`YYYY-MM` of a period."""
+    return f"{period:%Y-%m}"
+
+
 def grant_key(billing_account_id: int, label: str) -> str:
     """Idempotency key of an account's monthly grant (`label` from `month_label`)."""
     return f"grant:{billing_account_id}:{label}"
@@ -141,17 +198,23 @@ def billing_account_visible(*, viewer: User, name: str) -> BillingAccount | None
 
 
 def charges_nanousd(*, billing_account: BillingAccount, start: datetime, end: datetime) -> int:
-    """What the payer was charged by `charge` transactions created in [start, end)."""
+    """What the payer was charged for the month starting at `start` (UTC; `end` is its end),
+    whichever pool paid, net of refunds: minus the sum of its pools' legs of `charge` and
+    `refund` transactions whose `period` is that month (the request's month). Transactions
+    written before `period` existed (null) count by when they were posted, in [start, end)."""
     if billing_account.pk is None:
         return 0
-    total = LedgerEntry.objects.filter(
-        account__billing_account=billing_account,
-        account__kind__in=PAYER_KINDS,
-        amount_nanousd__lt=0,
-        transaction__billing_account=billing_account,
-        transaction__kind=TransactionKind.CHARGE,
+    in_month = Q(transaction__period=start.astimezone(UTC).date()) | Q(
+        transaction__period__isnull=True,
         transaction__created_at__gte=start,
         transaction__created_at__lt=end,
+    )
+    total = LedgerEntry.objects.filter(
+        in_month,
+        account__billing_account=billing_account,
+        account__kind__in=PAYER_KINDS,
+        transaction__billing_account=billing_account,
+        transaction__kind__in=[TransactionKind.CHARGE, TransactionKind.REFUND],
     ).aggregate(total=Sum("amount_nanousd", default=0))["total"]
     return -total
 

@@ -82,9 +82,19 @@ TEMPLATES = [
     },
 ]
 
+# Two PostgreSQL roles (docs/operations.md "Database roles"): the application (web, router,
+# worker, beat) connects as DATABASE_URL's role, which owns nothing and may not bend the ledger;
+# `migrate` runs as the tables' owner: `DATABASE_URL=$DATABASE_OWNER_URL manage.py migrate`.
 DATABASES = {
-    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:54329/hfbill"),
+    "default": env.db_url("DATABASE_URL", default="postgres://hfbill_app@127.0.0.1:54329/hfbill"),
 }
+# The role migrations grant the application's privileges to (billing migration 0007).
+DATABASE_APP_ROLE = env.str("DATABASE_APP_ROLE", default="hfbill_app")
+# The owner's credentials, for the test suite only (it creates and migrates the test database
+# as the owner, then runs every test as the application; the flush between transactional
+# tests truncates as the owner). In production only the migrate job needs them.
+if env.str("DATABASE_OWNER_URL", default=""):
+    DATABASES["owner"] = {**env.db_url("DATABASE_OWNER_URL"), "TEST": {"MIRROR": "default"}}
 # Under ASGI, Django runs sync views in changing threads, and a persistent connection per
 # thread leaks connections until PostgreSQL refuses more ("too many clients", seen in
 # bench/registry_api.py). So connections come from a psycopg pool per process instead.
@@ -186,7 +196,16 @@ CELERY_BEAT_SCHEDULE = {
 
 # Billing: a usage record with no cost this long after its request is `failed_to_bill`.
 BILLING_FAILED_AFTER_S = env.int("BILLING_FAILED_AFTER_S", default=30 * 60)
+# A month's included credits expire this long after its billing window (month end + the
+# failed-to-bill window) has passed, and only once none of its requests is still pending.
+BILLING_CREDITS_CLOSE_LAG_S = env.int("BILLING_CREDITS_CLOSE_LAG_S", default=5 * 60)
+# A reported cost above max(factor x the request's estimate, the minimum) is held for review.
+BILLING_REVIEW_FACTOR = env.int("BILLING_REVIEW_FACTOR", default=10)
+BILLING_REVIEW_MIN_NANOUSD = env.int("BILLING_REVIEW_MIN_NANOUSD", default=100_000_000)
 BILLING_COST_TIMEOUT_S = env.float("BILLING_COST_TIMEOUT_S", default=30.0)
+# A reported cost above this (per request) is invalid for its ID: never charged, recorded on the
+# record and in the provider's billing health. Default $1,000; at most 2**63 - 1.
+BILLING_COST_MAX_NANOUSD = min(env.int("BILLING_COST_MAX_NANOUSD", default=10**12), 2**63 - 1)
 BILLING_POLL_INTERVAL_S = env.float("BILLING_POLL_INTERVAL_S", default=60.0)
 
 # Token last-used times are written at most this often per token (a write per request is waste).
@@ -199,8 +218,22 @@ ROUTER_CONNECT_TIMEOUT_S = env.float("ROUTER_CONNECT_TIMEOUT_S", default=10.0)
 ROUTER_READ_TIMEOUT_S = env.float("ROUTER_READ_TIMEOUT_S", default=120.0)  # between bytes
 ROUTER_MAX_ATTEMPTS = env.int("ROUTER_MAX_ATTEMPTS", default=3)  # the first try + 2 fail-overs
 ROUTER_MAX_BODY_BYTES = env.int("ROUTER_MAX_BODY_BYTES", default=16 * 1024 * 1024)
-# Completion tokens assumed by the pre-request estimate when the body sets no max_tokens.
-ROUTER_DEFAULT_MAX_TOKENS = env.int("ROUTER_DEFAULT_MAX_TOKENS", default=1024)
+# Spending limits: the upper bound a bounded payer reserves before a request is forwarded
+# (docs/billing.md "Spending limits: the bound"). Completion tokens when the body sets no
+# max_tokens and the mapping has no context length:
+ROUTER_RESERVE_MAX_TOKENS = env.int("ROUTER_RESERVE_MAX_TOKENS", default=32_768)
+# A reservation counts until expires_at; the router moves it forward every REFRESH_S while the
+# request runs (streams included), so only a dead router's reservations expire.
+ROUTER_RESERVATION_TTL_S = env.float("ROUTER_RESERVATION_TTL_S", default=300.0)
+ROUTER_RESERVATION_REFRESH_S = env.float("ROUTER_RESERVATION_REFRESH_S", default=60.0)
+# Prices assumed for a mapping without one when no mapping of the model publishes one (nano-USD
+# per million tokens; $3 and $15, the high end of today's chat models).
+BILLING_DEFAULT_INPUT_PRICE_NANOUSD_PER_MTOK = env.int(
+    "BILLING_DEFAULT_INPUT_PRICE_NANOUSD_PER_MTOK", default=3_000_000_000
+)
+BILLING_DEFAULT_OUTPUT_PRICE_NANOUSD_PER_MTOK = env.int(
+    "BILLING_DEFAULT_OUTPUT_PRICE_NANOUSD_PER_MTOK", default=15_000_000_000
+)
 
 LOGGING = {
     "version": 1,

@@ -32,6 +32,7 @@ class ProviderRow:
     api_key: str  # decrypted; never log it
     request_id_header: str
     state: str
+    billable: bool  # has a cost URL; without one its requests could never be billed
 
     @property
     def active(self) -> bool:
@@ -68,10 +69,16 @@ class ChatCandidate:
 class ModelCandidates:
     hub_model_id: str  # "" when a provider's model maps to no hub model (tag-filter only)
     candidates: tuple[ChatCandidate, ...]
+    # The highest prices any provider (active or not, billable or not) publishes for this hub
+    # model's chat mappings: what an unpriced mapping's upper-bound estimate uses. None when
+    # no mapping of the model has one.
+    max_input_price_nanousd_per_mtok: int | None = None
+    max_output_price_nanousd_per_mtok: int | None = None
 
 
 _PROVIDERS_SQL = """
-SELECT id, slug, organization_id, base_url, chat_route, api_key, request_id_header, state
+SELECT id, slug, organization_id, base_url, chat_route, api_key, request_id_header, state,
+       cost_url <> '' AS billable
 FROM registry_provider
 """
 _CANDIDATE_COLUMNS = """
@@ -79,17 +86,30 @@ _CANDIDATE_COLUMNS = """
     m.created_at, m.input_price_nanousd_per_mtok, m.output_price_nanousd_per_mtok,
     m.throughput_tps, m.first_token_latency_ms, m.context_length
 """
-# Every conversational mapping of an active provider that applies to the model: its own
-# single-model mappings and the tag-filter ones whose tags it carries (staging too: what the
-# caller may see is decided per request). No row for an unknown model; one row with NULL
-# candidate columns for a known model that nothing serves.
+# The highest published prices of the hub model `hm` over all the chat mappings that apply to
+# it (any provider, any state).
+_MAX_PRICES = """
+    (SELECT max(x.input_price_nanousd_per_mtok) FROM registry_mapping x
+      WHERE x.task = %(task)s AND ((x.type = %(single_model)s AND x.hub_model_id = hm.id)
+            OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags)))
+        AS max_input_price_nanousd_per_mtok,
+    (SELECT max(x.output_price_nanousd_per_mtok) FROM registry_mapping x
+      WHERE x.task = %(task)s AND ((x.type = %(single_model)s AND x.hub_model_id = hm.id)
+            OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags)))
+        AS max_output_price_nanousd_per_mtok
+"""
+# Every conversational mapping of an active provider with a cost URL (one without could never
+# bill its requests: not routable) that applies to the model: its own single-model mappings
+# and the tag-filter ones whose tags it carries (staging too: what the caller may see is
+# decided per request). No row for an unknown model; one row with NULL candidate columns for
+# a known model that nothing serves.
 _MODEL_CANDIDATES_SQL = f"""
-SELECT hm.model_id AS hub_model_id, c.*
+SELECT hm.model_id AS hub_model_id, {_MAX_PRICES}, c.*
 FROM registry_hubmodel hm
 LEFT JOIN LATERAL (
     SELECT {_CANDIDATE_COLUMNS}
     FROM registry_mapping m JOIN registry_provider p ON p.id = m.provider_id
-    WHERE m.task = %(task)s AND p.state = %(active)s
+    WHERE m.task = %(task)s AND p.state = %(active)s AND p.cost_url <> ''
       AND ((m.type = %(single_model)s AND m.hub_model_id = hm.id)
            OR (m.type = %(tag_filter)s AND m.tags <@ hm.tags))
 ) c ON true
@@ -97,7 +117,7 @@ WHERE hm.model_id = %(model_id)s
 """  # noqa: S608 (constants only)
 # The named-provider route: the body's `model` is the provider's own model id.
 _PROVIDER_MODEL_CANDIDATES_SQL = f"""
-SELECT coalesce(hm.model_id, '') AS hub_model_id, {_CANDIDATE_COLUMNS}
+SELECT coalesce(hm.model_id, '') AS hub_model_id, {_MAX_PRICES}, {_CANDIDATE_COLUMNS}
 FROM registry_mapping m
 JOIN registry_provider p ON p.id = m.provider_id
 LEFT JOIN registry_hubmodel hm ON hm.id = m.hub_model_id
@@ -119,9 +139,30 @@ def _params(**extra) -> dict:
     }
 
 
-def _candidate_row(hub_model_id: str, provider_id: int | None, **columns):
+def _candidate_row(
+    hub_model_id: str,
+    max_input_price_nanousd_per_mtok: int | None,
+    max_output_price_nanousd_per_mtok: int | None,
+    provider_id: int | None,
+    **columns,
+):
     candidate = None if provider_id is None else ChatCandidate(provider_id=provider_id, **columns)
-    return hub_model_id, candidate
+    return (
+        hub_model_id,
+        candidate,
+        max_input_price_nanousd_per_mtok,
+        max_output_price_nanousd_per_mtok,
+    )
+
+
+def _model_candidates(rows, hub_model_id: str) -> ModelCandidates:
+    first = rows[0] if rows else (hub_model_id, None, None, None)
+    return ModelCandidates(
+        hub_model_id=first[0],
+        candidates=tuple(row[1] for row in rows if row[1] is not None),
+        max_input_price_nanousd_per_mtok=first[2],
+        max_output_price_nanousd_per_mtok=first[3],
+    )
 
 
 async def providers_all(conn: AsyncConnection) -> dict[str, ProviderRow]:
@@ -139,6 +180,7 @@ async def providers_all(conn: AsyncConnection) -> dict[str, ProviderRow]:
             api_key=decrypt(r.api_key) if r.api_key else "",
             request_id_header=r.request_id_header,
             state=r.state,
+            billable=r.billable,
         )
         for r in rows
     }
@@ -151,7 +193,7 @@ async def chat_candidates(conn: AsyncConnection, *, model_id: str) -> ModelCandi
         rows = await cursor.fetchall()
     if not rows:
         return None
-    return ModelCandidates(rows[0][0], tuple(c for _, c in rows if c is not None))
+    return _model_candidates(rows, "")
 
 
 async def chat_candidates_by_provider_model(
@@ -165,7 +207,7 @@ async def chat_candidates_by_provider_model(
             _params(provider_id=provider_id, provider_model=provider_model),
         )
         rows = await cursor.fetchall()
-    return ModelCandidates(rows[0][0] if rows else "", tuple(c for _, c in rows))
+    return _model_candidates(rows, "")
 
 
 async def provider_keys_of(conn: AsyncConnection, *, user_id: int) -> dict[int, str]:

@@ -7,11 +7,13 @@ Routes (everything else goes to Django, see `config/asgi.py`):
   the body's `model` is already the provider's model id.
 
 Per request: authenticate the `hf_` token (cached), pick the payer (`X-HF-Bill-To`), choose
-candidates, ask billing whether the payer may start (402 otherwise; organizations with a
-spending limit reserve the estimate), forward with the platform key or the user's own key
-(BYOK), fail over before the first byte on connection errors, timeouts and 5xx, then write the
-usage record durably (`store.UsageWriter`) before the response completes. Streams pass through
-chunk by chunk. Bodies, tokens and keys are never stored or logged.
+candidates, ask billing whether the payer may start (402 otherwise; a bounded payer, i.e. one
+without pay-as-you-go or an organization with a spending limit, reserves the request's upper
+bound, kept alive while the request runs; docs/billing.md "Spending limits: the bound"),
+forward with the platform key or the user's own key (BYOK), fail over before the first byte on
+connection errors, timeouts and 5xx (re-checking the payer when the next provider's bound
+differs), then write the usage record durably (`store.UsageWriter`) before the response
+completes. Streams pass through chunk by chunk. Bodies, tokens and keys are never stored or logged.
 
 It is plain ASGI, not a Django view, because the hot path must stay cheap (see
 `bench/router_overhead.py`); aiohttp is the upstream client for the same reason.
@@ -37,7 +39,7 @@ from billing import limits
 from billing.usage_row import UsageRow
 from core.errors import DomainError
 from registry import rules as registry_rules
-from registry.aio import ChatCandidate, ProviderRow
+from registry.aio import ChatCandidate, ModelCandidates, ProviderRow
 from registry.task_types import CONVERSATIONAL
 from router import selection
 from router.errors import RouterError, bad_request, from_domain
@@ -157,12 +159,11 @@ class Router:
         disabled = frozenset(org.disabled_providers) if org is not None else frozenset()
         path = scope["path"]
         if path == CHAT_PATH:
-            hub_model_id, attempts, automatic = await self.resolve_model(
+            model, attempts, automatic = await self.resolve_model(
                 payload["model"], caller, disabled
             )
         else:
-            hub_model_id, attempts = await self.resolve_named(path, payload["model"], caller,
-                                                              disabled)  # fmt: skip
+            model, attempts = await self.resolve_named(path, payload["model"], caller, disabled)
             automatic = False
         payer_id = await self.store.payer_id(
             user_id=caller.user_id, org_id=org.id if org is not None else None
@@ -177,7 +178,7 @@ class Router:
         )  # fmt: skip
         request = RoutedRequest(
             router=self, caller=caller, payload=payload, body_size=len(body), terms=terms,
-            hub_model_id=hub_model_id, receive=receive, send=send,
+            model=model, receive=receive, send=send,
         )  # fmt: skip
         return await request.run(attempts, automatic=automatic)
 
@@ -225,7 +226,7 @@ class Router:
             attempts.append(Attempt(provider, candidate, join_url(provider.base_url, route)))
         automatic = suffix in selection.POLICIES
         limit = settings.ROUTER_MAX_ATTEMPTS if automatic else 1
-        return hub_model.hub_model_id, attempts[:limit], automatic
+        return hub_model, attempts[:limit], automatic
 
     async def resolve_named(self, path: str, model: str, caller: Caller, disabled):
         slug, _, route = path[1:].partition("/")
@@ -237,6 +238,12 @@ class Router:
                 404, f"Only chat completions are routed; /{route} is not.", "route_not_supported"
             )
         registry_rules.provider_active_check(slug=slug, active=provider.active)
+        if not provider.billable:
+            raise RouterError(
+                403,
+                f"The provider {slug!r} is not available: its requests cannot be billed yet.",
+                "provider_not_billable",
+            )
         registry_rules.provider_enabled_check(slug=slug, disabled=disabled)
         served = await self.store.provider_model(provider, model)
         visible = selection.best_per_provider(served.candidates, member_of=caller.org_ids)
@@ -246,14 +253,12 @@ class Router:
                 f"The model {model!r} is not served by provider {slug!r} for chat completions.",
                 "model_not_supported",
             )
-        return served.hub_model_id, [
-            Attempt(provider, visible[0], join_url(provider.base_url, route))
-        ]
+        return served, [Attempt(provider, visible[0], join_url(provider.base_url, route))]
 
 
 class RoutedRequest:
     def __init__(self, *, router: Router, caller: Caller, payload: dict, body_size: int,
-                 terms: limits.PayerTerms, hub_model_id: str, receive: Receive,
+                 terms: limits.PayerTerms, model: ModelCandidates, receive: Receive,
                  send: Send):  # fmt: skip
         self.router = router
         self.store = router.store
@@ -261,37 +266,57 @@ class RoutedRequest:
         self.payload = payload
         self.body_size = body_size
         self.terms = terms
-        self.hub_model_id = hub_model_id
+        self.model = model
+        self.hub_model_id = model.hub_model_id
         self.receive = receive
         self.send = send
         self.stream = payload.get("stream") is True
         self.reservation_id: int | None = None
-        self.reserved = False
+        self.reserved_nanousd: int | None = None  # the bound the payer was checked for
         self.released = False
         self.last_failure_status = 502
 
-    def prompt_estimate(self) -> int:
-        return max(self.body_size // 4, 1)
+    def prices(self, candidate: ChatCandidate) -> tuple[int, int]:
+        return selection.prices_nanousd_per_mtok(
+            candidate,
+            self.model,
+            default_input=settings.BILLING_DEFAULT_INPUT_PRICE_NANOUSD_PER_MTOK,
+            default_output=settings.BILLING_DEFAULT_OUTPUT_PRICE_NANOUSD_PER_MTOK,
+        )
 
-    def completion_estimate(self) -> int:
-        limit = self.payload.get("max_completion_tokens") or self.payload.get("max_tokens")
-        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-            return limit
-        return settings.ROUTER_DEFAULT_MAX_TOKENS
+    def upper_bound_nanousd(self, candidate: ChatCandidate) -> int:
+        """The most this request can cost at `candidate` (docs/billing.md "Spending limits:
+        the bound"): prompt tokens <= the body's bytes; completion tokens <= the larger of
+        `max_tokens` / `max_completion_tokens`, else the mapping's context length, else
+        ROUTER_RESERVE_MAX_TOKENS (each at most the context length when it is known); priced
+        by `prices`."""
+        context = candidate.context_length or None
+        asked = max(self.payload.get("max_tokens") or 0,
+                    self.payload.get("max_completion_tokens") or 0)  # fmt: skip
+        completion = asked or context or settings.ROUTER_RESERVE_MAX_TOKENS
+        prompt = self.body_size
+        if context:
+            completion, prompt = min(completion, context), min(prompt, context)
+        return selection.cost_nanousd(
+            self.prices(candidate), prompt_tokens=prompt, completion_tokens=completion
+        )
 
     async def ensure_allowed(self, attempt: Attempt) -> None:
-        """The billing check, once, before the first attempt charged to the platform."""
-        if self.reserved:
+        """The billing check before an attempt charged to the platform: once, and again on a
+        fail-over whose upper bound differs (the reservation then follows the provider that
+        serves)."""
+        if self.terms.always_allowed:
+            return  # nothing to read or reserve: no round trip
+        estimate = self.upper_bound_nanousd(attempt.candidate)
+        if estimate == self.reserved_nanousd:
             return
-        estimate = selection.estimate_nanousd(
-            attempt.candidate,
-            prompt_tokens=self.prompt_estimate(),
-            completion_tokens=self.completion_estimate(),
+        replaces, self.reservation_id = self.reservation_id, None
+        decision, self.reservation_id = await self.store.reserve(
+            self.terms, estimate, replaces=replaces
         )
-        decision, self.reservation_id = await self.store.reserve(self.terms, estimate)
         if not decision.allowed:
             raise RouterError(402, decision.reason, decision.code)
-        self.reserved = True
+        self.reserved_nanousd = estimate
 
     async def run(self, attempts: list[Attempt], *, automatic: bool) -> str:
         failures: list[str] = []
@@ -453,11 +478,14 @@ class RoutedRequest:
         also releases the spending-limit reservation, in the same transaction."""
         candidate = attempt.candidate
         prompt, completion = usage or (None, None)
-        estimate = selection.estimate_nanousd(
-            candidate,
-            prompt_tokens=(prompt or 0) if usage else self.prompt_estimate(),
-            completion_tokens=(completion or 0) if usage else self.completion_estimate(),
-        )
+        # The record counts against limits until its cost is known: its estimate is the
+        # request's upper bound (what was reserved), or what the reported usage costs at those
+        # prices if that is more.
+        estimate = max(
+            self.upper_bound_nanousd(candidate),
+            selection.cost_nanousd(self.prices(candidate), prompt_tokens=prompt or 0,
+                                   completion_tokens=completion or 0),
+        )  # fmt: skip
         row = UsageRow.build(
             provider_id=attempt.provider.id,
             request_id=request_id,
@@ -482,6 +510,7 @@ class RoutedRequest:
         )
         if reservation is not None:
             self.released = True
+            self.store.reservation_done(reservation)
 
 
 # --- helpers ----------------------------------------------------------------------------------

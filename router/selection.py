@@ -10,6 +10,8 @@ ordered by the `model` suffix policy. Pure functions over data the router loaded
   measured throughput, `:cheapest` by output-token price, `:preferred` the Hub API order (the
   caller's provider order, then alphabetical). Unknown throughput or price sorts after known
   ones, in the Hub API order.
+
+Also the arithmetic of a request's upper-bound cost (`prices_nanousd_per_mtok`, `cost_nanousd`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from core.errors import DomainError, Kind
-from registry.aio import ChatCandidate
+from registry.aio import ChatCandidate, ModelCandidates
 from registry.rules import mapping_visible, provider_enabled_check, provider_rank
 
 POLICIES = ("fastest", "cheapest", "preferred")
@@ -91,12 +93,26 @@ def order(
     return allowed
 
 
-def estimate_nanousd(
-    candidate: ChatCandidate, *, prompt_tokens: int, completion_tokens: int
-) -> int:
-    """Cost from the provider's published prices, rounded up; 0 when prices are unknown.
-    At most ESTIMATE_MAX (a column's range; far above any real request)."""
-    total = (candidate.input_price_nanousd_per_mtok or 0) * prompt_tokens + (
-        candidate.output_price_nanousd_per_mtok or 0
-    ) * completion_tokens
+def prices_nanousd_per_mtok(
+    candidate: ChatCandidate, model: ModelCandidates, *, default_input: int, default_output: int
+) -> tuple[int, int]:
+    """(input, output) price per million tokens for an upper-bound estimate: the mapping's own,
+    else the highest any mapping of the model publishes (any provider), else the default. A
+    missing price is never 0."""
+
+    def pick(own: int | None, highest: int | None, default: int) -> int:
+        return own if own is not None else highest if highest is not None else default
+
+    return (
+        pick(candidate.input_price_nanousd_per_mtok, model.max_input_price_nanousd_per_mtok,
+             default_input),
+        pick(candidate.output_price_nanousd_per_mtok, model.max_output_price_nanousd_per_mtok,
+             default_output),
+    )  # fmt: skip
+
+
+def cost_nanousd(prices: tuple[int, int], *, prompt_tokens: int, completion_tokens: int) -> int:
+    """Tokens at (input, output) prices per million, rounded up; at most ESTIMATE_MAX (a
+    column's range; far above any real request)."""
+    total = prices[0] * max(prompt_tokens, 0) + prices[1] * max(completion_tokens, 0)
     return min(-(-total // 1_000_000), ESTIMATE_MAX)

@@ -5,6 +5,8 @@ providers' settings. Each is cached for ROUTER_CACHE_TTL_S seconds (default 5): 
 token, a new mapping or a changed organization setting takes effect within that time. Usage
 records are written by `UsageWriter`, which commits the records of concurrent requests
 together (group commit) and lets each request continue only once its record is durable.
+Spending-limit reservations of the requests in progress are kept alive by one UPDATE every
+ROUTER_RESERVATION_REFRESH_S (`Store._refresh_reservations`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -119,12 +121,19 @@ class Store:
         self.providers = TTLCache(ttl)
         self.payers = TTLCache(3600.0)
         self.writer = UsageWriter(self)
+        # Spending-limit reservations of requests this process is serving: kept alive by
+        # `_refresh_reservations` until their request ends.
+        self.live_reservations: set[int] = set()
+        self._refresher: asyncio.Task | None = None
 
     async def open(self) -> None:
         await self.pool.open(wait=True)
         self.writer.start()
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_reservations())
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
         await self.writer.stop()
         await self.pool.close()
 
@@ -191,17 +200,54 @@ class Store:
         key = ("org", org_id) if org_id is not None else ("user", user_id)
         return await self.payers.get(key, load)
 
-    async def reserve(self, terms: limits.PayerTerms, estimate: int):
+    async def reserve(
+        self, terms: limits.PayerTerms, estimate: int, *, replaces: int | None = None
+    ) -> tuple[limits.Decision, int | None]:
+        """The payer's check and reservation (`billing.aio.payer_reserve`); `replaces` is
+        dropped in the same transaction. A reservation is kept alive until
+        `reservation_done` or `release`."""
         if terms.always_allowed:
             return limits.decide(terms, None), None
+        self.live_reservations.discard(replaces)
         async with self.pool.connection() as conn:
-            return await billing_aio.payer_reserve(
-                conn, terms=terms, estimate_nanousd=estimate, now=datetime.now(UTC)
+            decision, reservation = await billing_aio.payer_reserve(
+                conn,
+                terms=terms,
+                estimate_nanousd=estimate,
+                now=datetime.now(UTC),
+                ttl=timedelta(seconds=settings.ROUTER_RESERVATION_TTL_S),
+                replaces=replaces,
             )
+        if reservation is not None:
+            self.live_reservations.add(reservation)
+        return decision, reservation
+
+    def reservation_done(self, reservation_id: int) -> None:
+        """The reservation was released with its usage record: stop refreshing it."""
+        self.live_reservations.discard(reservation_id)
 
     async def release(self, reservation_id: int) -> None:
+        self.live_reservations.discard(reservation_id)
         async with self.pool.connection() as conn:
             await billing_aio.reservations_release(conn, reservation_ids=[reservation_id])
+
+    async def _refresh_reservations(self) -> None:
+        """Every ROUTER_RESERVATION_REFRESH_S, moves the expiry of all live reservations
+        ROUTER_RESERVATION_TTL_S ahead in one UPDATE: a request (a stream) counts as long as it
+        runs, and a dead router's reservations expire within the TTL."""
+        while True:
+            await asyncio.sleep(settings.ROUTER_RESERVATION_REFRESH_S)
+            ids = sorted(self.live_reservations)
+            if not ids:
+                continue
+            expires_at = datetime.now(UTC) + timedelta(seconds=settings.ROUTER_RESERVATION_TTL_S)
+            try:
+                async with self.pool.connection() as conn:
+                    await billing_aio.reservations_refresh(
+                        conn, reservation_ids=ids, expires_at=expires_at
+                    )
+            except Exception:  # the database may be restarting: the next round retries
+                logger.exception("router: reservations not refreshed")
 
 
 def _create_billing_account(*, user_id: int, org_id: int | None) -> int:

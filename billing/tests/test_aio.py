@@ -1,7 +1,7 @@
 """The router's port to billing (`billing.aio`) on a real async psycopg connection."""
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.conf import settings
@@ -102,3 +102,58 @@ def test_a_free_payer_without_credits_is_refused_and_reserves_nothing():
         lambda conn: aio.payer_reserve(conn, terms=terms, estimate_nanousd=5, now=NOW)
     )
     assert (decision.allowed, decision.code, reservation) == (False, limits.DEBT, None)
+
+
+def test_defect_5_a_free_payer_with_credits_reserves_the_bound_and_is_refused_beyond_them():
+    payer = payer_for_new_user(plan="free")  # $0.10 included
+    terms = limits.payer_terms(billing_account=payer)
+
+    def reserve(estimate):
+        return run(
+            lambda conn: aio.payer_reserve(conn, terms=terms, estimate_nanousd=estimate, now=NOW)
+        )
+
+    first, first_id = reserve(60_000_000)
+    second, second_id = reserve(60_000_000)  # $0.06 in flight < $0.10: one more may start
+    third, third_id = reserve(1)  # $0.12 in flight: the credits are spoken for
+
+    assert (first.allowed, second.allowed, third.allowed) == (True, True, False)
+    assert third.code == limits.NO_CREDITS and third_id is None
+    reserved = InFlight.objects.filter(payer=payer).values_list("id", flat=True)
+    assert sorted(reserved) == sorted([first_id, second_id])
+
+
+def test_a_reservation_replaced_on_fail_over_is_dropped_in_the_same_check():
+    org = OrganizationFactory(plan=OrgPlan.TEAM, seats=1, spending_limit_nanousd=0)
+    payer = services.billing_account_get_or_create_for_organization(organization=org)
+    terms = limits.payer_terms(billing_account=payer)  # $2.00 of credits, then nothing
+    _, first = run(
+        lambda conn: aio.payer_reserve(conn, terms=terms, estimate_nanousd=10**9, now=NOW)
+    )
+
+    decision, second = run(
+        lambda conn: aio.payer_reserve(
+            conn, terms=terms, estimate_nanousd=2 * 10**9, now=NOW, replaces=first
+        )
+    )
+
+    assert decision.allowed, decision.reason  # $2.00 fits once the $1.00 is dropped
+    assert list(InFlight.objects.values_list("id", "estimated_cost_nanousd")) == [
+        (second, 2 * 10**9)
+    ]
+
+
+def test_refreshing_reservations_moves_their_expiry_in_one_statement():
+    org = OrganizationFactory(plan=OrgPlan.TEAM, seats=1, spending_limit_nanousd=10**9)
+    payer = services.billing_account_get_or_create_for_organization(organization=org)
+    terms = limits.payer_terms(billing_account=payer)
+    ids = [
+        run(lambda conn: aio.payer_reserve(conn, terms=terms, estimate_nanousd=5, now=NOW))[1]
+        for _ in range(3)
+    ]
+    later = NOW + timedelta(hours=1)
+
+    run(lambda conn: aio.reservations_refresh(conn, reservation_ids=ids[:2], expires_at=later))
+
+    expiries = dict(InFlight.objects.values_list("id", "expires_at"))
+    assert [expiries[i] == later for i in ids] == [True, True, False]

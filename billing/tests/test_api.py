@@ -66,8 +66,9 @@ class World:
             hub_model_id=model,
             provider_model=f"{model}-turbo",
             task="conversational",
-            estimated_cost_nanousd=fields.pop("estimate", 1000),
-            created_at=self.t0 + timedelta(minutes=minutes),
+            # No estimate by default: costs far above an estimate would be held for review.
+            estimated_cost_nanousd=fields.pop("estimate", 0),
+            created_at=fields.pop("created_at", self.t0 + timedelta(minutes=minutes)),
         )
         return record
 
@@ -120,10 +121,11 @@ def test_pay_as_you_go_due_is_what_is_owed_as_a_positive_number(api_client, worl
 
 
 def test_month_to_date_spend_leaves_out_earlier_months(api_client, world):
+    """By the request's month: last month's request charged today is last month's spend."""
     last_month = timezone.now().replace(day=1) - timedelta(days=3)
+    world.usage(world.alice, "alice", created_at=last_month)
     world.usage(world.alice, "alice")
-    world.usage(world.alice, "alice")
-    services.cost_batch_apply(provider=world.together, costs={"req-1": USD}, now=last_month)
+    services.cost_batch_apply(provider=world.together, costs={"req-1": USD})
     services.cost_batch_apply(provider=world.together, costs={"req-2": 300_000_000})
 
     body = world.get(api_client, "alice", "/api/billing/accounts/alice").json()
@@ -227,7 +229,9 @@ def test_the_ledger_lists_the_payers_transactions_newest_first_with_its_own_legs
     assert top_up["actor"] == "finance"
     assert top_up["memo"] == "prepaid top-up"
     assert top_up["createdAt"].endswith("Z")
-    assert set(top_up) == {"id", "kind", "createdAt", "actor", "memo", "entries"}
+    assert set(top_up) == {"id", "kind", "createdAt", "month", "actor", "memo", "entries"}
+    assert top_up["month"] is None  # prepaid credits belong to no month
+    assert charge["month"] == world.t0.strftime("%Y-%m")  # its request's month
 
 
 def test_the_ledger_leaves_out_transactions_that_moved_none_of_the_payers_money(api_client, world):
@@ -327,6 +331,7 @@ def test_a_usage_record_has_every_field(api_client, world):
         "estimatedCostNanoUsd": 4_200,
         "createdAt": record.created_at.isoformat().replace("+00:00", "Z"),
         "billedAt": record.billed_at.isoformat().replace("+00:00", "Z"),
+        "refundedAt": None,
     }
 
 

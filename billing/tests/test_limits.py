@@ -1,14 +1,20 @@
 """Who may start a request before the router forwards it (credits, debt, spending limits)."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.utils import timezone
 
 from accounts import plans
-from accounts.tests.factories import OrganizationFactory, UserFactory
+from accounts.tests.factories import (
+    MembershipFactory,
+    OrganizationFactory,
+    UserFactory,
+    token_for,
+)
 from billing import services
 from billing.limits import Decision, payer_may_start
-from billing.models import BillingAccount, UsageState
+from billing.models import BillingAccount, InFlight, UsageState
 from billing.tests.factories import pending_usage
 from registry.tests.factories import ProviderFactory
 
@@ -283,3 +289,110 @@ def test_the_check_costs_at_most_two_queries_however_many_records(
 
     with django_assert_max_num_queries(2):
         assert payer_may_start(billing_account=payer, now=NOW).allowed is True
+
+
+# --- issue 11: the bound --------------------------------------------------------------------------
+def test_defect_1_an_organization_is_refused_a_request_whose_bound_would_pass_its_limit(provider):
+    payer = org_payer(seats=1, limit=USD)
+    charge(provider, payer, 2 * USD, request_id="credits")  # no credit left, no payg spend
+    pending(provider, payer, 950_000_000, request_id="p1")  # $0.95 pending
+
+    fits = payer_may_start(billing_account=fresh(payer), now=NOW, estimate_nanousd=50_000_000)
+    passes = payer_may_start(billing_account=fresh(payer), now=NOW, estimate_nanousd=50_000_001)
+
+    assert fits.allowed is True
+    assert (passes.allowed, passes.code) == (False, "spending_limit_reached")
+    assert passes.reason == (
+        "Organization acme would pass its monthly spending limit of $1.00 ($0.95 spent or "
+        "pending) with this request, which may cost up to $0.050000001; set max_tokens lower "
+        "or raise the limit."
+    )
+
+
+def test_defect_5_a_free_users_pending_estimates_count_against_its_credits(provider):
+    payer = user_payer()  # $0.10 included
+    pending(provider, payer, plans.FREE_USER_MONTHLY_NANOUSD - 1, request_id="p1")
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True
+
+    pending(provider, payer, 1, request_id="p2")  # credits no longer exceed pending
+
+    decision = payer_may_start(billing_account=fresh(payer), now=NOW)
+    assert (decision.allowed, decision.code) == (False, "no_credits")
+    assert decision.reason == (
+        "User bob has no credits left beyond $0.10 reserved for requests not yet billed (its "
+        "plan includes $0.10 per month); buy prepaid credits or upgrade to PRO to continue."
+    )
+
+
+def test_defect_5_a_free_users_in_flight_reservations_count_against_its_credits(provider):
+    payer = user_payer()
+    InFlight.objects.create(
+        payer=payer,
+        estimated_cost_nanousd=plans.FREE_USER_MONTHLY_NANOUSD,
+        created_at=NOW,
+        expires_at=NOW + timedelta(minutes=5),
+    )
+
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).code == "no_credits"
+
+
+def test_an_expired_reservation_no_longer_counts(provider):
+    payer = org_payer(seats=1, limit=0)  # $2.00 of credits, then nothing
+    reservation = InFlight.objects.create(
+        payer=payer, estimated_cost_nanousd=2 * USD, created_at=NOW, expires_at=NOW
+    )
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True
+
+    reservation.expires_at = NOW + timedelta(seconds=1)
+    reservation.save()
+
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False
+
+
+def test_defect_6_a_pending_record_past_its_billing_window_stops_counting(provider, settings):
+    settings.BILLING_FAILED_AFTER_S = 1800
+    payer = org_payer(seats=1, limit=0)
+    pending(provider, payer, 2 * USD, request_id="stale")
+    records = payer.usage_records.filter(request_id="stale")
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False  # in window
+
+    records.update(recorded_at=NOW - timedelta(seconds=1800))
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True
+
+    # A record first asked about recently is still inside its window, however old it is.
+    records.update(first_asked_at=NOW - timedelta(seconds=1799))
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False
+
+
+def test_defect_6_a_cost_held_for_review_counts_until_reviewed(provider):
+    payer = org_payer(seats=1, limit=0)
+    pending(provider, payer, 2 * USD, request_id="held")
+    payer.usage_records.filter(request_id="held").update(
+        state=UsageState.HELD, recorded_at=NOW - timedelta(days=3)
+    )
+
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False
+    payer.usage_records.filter(request_id="held").update(state=UsageState.REJECTED)
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True
+
+
+def test_defect_9_a_refunded_charge_nets_out_of_the_limit_and_the_month_to_date_spend(
+    provider, api_client
+):
+    payer = org_payer(seats=1, limit=USD)
+    member = UserFactory(username="acme-member")
+    MembershipFactory(user=member, organization=payer.organization)
+    charge(provider, payer, 2 * USD, request_id="credits", now=timezone.now())
+    charge(provider, payer, 3 * USD, request_id="payg", now=timezone.now())  # $3 payg
+    assert payer_may_start(billing_account=fresh(payer)).code == "spending_limit_reached"
+
+    services.charge_refund(
+        usage_record=payer.usage_records.get(request_id="payg"), actor="finance", memo="outage"
+    )
+
+    assert payer_may_start(billing_account=fresh(payer)).allowed is True
+    response = api_client.get(
+        "/api/billing/accounts/acme", HTTP_AUTHORIZATION=f"Bearer {token_for(member, 'read')}"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["month_to_date_spend_nanousd"] == 2 * USD

@@ -655,9 +655,9 @@ def test_pay_as_you_go_payers_without_a_limit_are_served_without_credits(
 def test_concurrent_requests_cannot_overrun_a_spending_limit(
     server, sim, catalog, pro_user, pro_token
 ):
-    # Each request's estimate is about 81,000 nano-USD (1,000 output tokens at groq's price
-    # and the body's ~27 tokens): a limit of 100,000 lets exactly two start.
-    org = OrganizationFactory(name="tight", plan="team", seats=1, spending_limit_nanousd=100_000)
+    # Each request's upper bound is about 85,000 nano-USD (1,000 output tokens at groq's price
+    # and the body's ~100 bytes as prompt tokens): a limit of 200,000 lets exactly two start.
+    org = OrganizationFactory(name="tight", plan="team", seats=1, spending_limit_nanousd=200_000)
     MembershipFactory(user=pro_user, organization=org)
     drain_included_credits(
         billing_services.billing_account_get_or_create_for_organization(organization=org),
