@@ -7,9 +7,27 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.tests.factories import UserFactory, token_for
+from testsupport import db as test_db
 from testsupport.simulator import running_simulator
 
 ADMIN_PASSWORD = "admin-test-password-1"
+
+
+# --- the database: created and migrated as the owner, every test as the application -----------
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings):
+    """pytest-django creates and migrates the test database as the tables' owner."""
+    test_db.default_as_owner()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """Then every test connects as the application role (production privileges), and the
+    flush between transactional tests runs as the owner (testsupport/db.py)."""
+    test_db.default_as_application()
+    with test_db.flush_as_owner():
+        yield
+    test_db.default_as_owner()  # pytest-django drops the test database as its owner
 
 
 @pytest.fixture

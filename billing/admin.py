@@ -13,7 +13,7 @@ import uuid
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Q, Sum
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -22,6 +22,7 @@ from django.utils.html import format_html, format_html_join
 from billing import services
 from billing.models import (
     PAYER_KINDS,
+    PLATFORM_KINDS,
     AccountKind,
     BillingAccount,
     LedgerAccount,
@@ -33,6 +34,7 @@ from billing.models import (
 )
 from core.errors import DomainError
 from core.money import MoneyError, format_usd, usd_to_nanousd
+from core.transactions import RETRY_ATTEMPTS, is_retryable
 
 LATEST_TRANSACTIONS = 50
 AMOUNT_MAX_NANOUSD = 1_000_000 * 1_000_000_000  # $1,000,000 per action: a typo guard
@@ -149,6 +151,21 @@ def _entries_html(txn: LedgerTransaction):
         "",
         "{}: {}<br>",
         ((entry.account, format_usd(entry.amount_nanousd)) for entry in txn.entries.all()),
+    )
+
+
+def _lock_for_action(accounts) -> None:
+    """Locks every account a payer action may move (the payers' pools and the platform's
+    accounts) at once, in the global order, before the first posting: posting payer by payer
+    would hold the platform's accounts while waiting for the next payer's pools."""
+    services.pools_ensure(*accounts)
+    services.accounts_lock(
+        [
+            *LedgerAccount.objects.filter(billing_account__in=list(accounts)).values_list(
+                "pk", flat=True
+            ),
+            *(services.platform_account_get_or_create(kind).pk for kind in PLATFORM_KINDS),
+        ]
     )
 
 
@@ -279,17 +296,24 @@ class BillingAccountAdmin(admin.ModelAdmin):
         """Posts for every account, all or none; False (with the error on the form) if one
         is refused."""
         data = form.cleaned_data
-        posted, repeated = [], []
         try:
-            with transaction.atomic():
-                for account in accounts:
-                    txn = post(
-                        account=account,
-                        data=data,
-                        actor=request.user.get_username(),
-                        key=f"admin:{data['submission']}:{account.pk}",
-                    )
-                    (posted if txn is not None else repeated).append(account.name)
+            for attempt in range(1, RETRY_ATTEMPTS + 1):
+                posted, repeated = [], []
+                try:
+                    with transaction.atomic():
+                        _lock_for_action(accounts)
+                        for account in accounts:
+                            txn = post(
+                                account=account,
+                                data=data,
+                                actor=request.user.get_username(),
+                                key=f"admin:{data['submission']}:{account.pk}",
+                            )
+                            (posted if txn is not None else repeated).append(account.name)
+                    break
+                except OperationalError as exc:  # a deadlock: all rolled back, run it again
+                    if not is_retryable(exc) or attempt == RETRY_ATTEMPTS:
+                        raise
         except DomainError as exc:
             field = {"memo": "reason"}.get(exc.field, exc.field)
             form.add_error(field if field in form.fields else None, exc.message)

@@ -32,6 +32,7 @@ from billing.usage_row import (
     UsageRow,
     health_counts,
     reused_rows,
+    split_repeated_keys,
     usage_row_params,
 )
 
@@ -67,16 +68,18 @@ async def usage_rows_insert(conn: AsyncConnection, rows: Sequence[UsageRow]) -> 
     health (`billing.usage_row.reused_rows`), as are request IDs too long to store."""
     if not rows:
         return
+    first, repeated = split_repeated_keys(rows)
     async with conn.cursor() as cursor:
         await cursor.executemany(
-            USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in rows], returning=True
+            USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in first], returning=True
         )
         written = set()
         while True:
             written.update(await cursor.fetchall())
             if not cursor.nextset():
                 break
-        conflicted = [r for r in rows if (r.provider_id, r.request_id) not in written]
+        conflicted = [r for r in first if (r.provider_id, r.request_id) not in written]
+        conflicted += repeated
         reused = []
         if conflicted:
             async with conn.cursor(row_factory=dict_row) as stored_cursor:

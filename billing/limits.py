@@ -15,9 +15,10 @@ and nothing is read. For a bounded payer the router reserves the request's upper
 
 "Pending" is the sum of `estimated_cost_nanousd` (the request's upper bound, docs/billing.md
 "Spending limits: the bound") of the payer's usage records that are
-- `pending` (served, cost not yet known) and still inside their billing window:
-  `coalesce(first_asked_at, recorded_at) > now - BILLING_FAILED_AFTER_S` (a record past its
-  window will never be charged, so it stops counting), or
+- `pending` (served, cost not yet known) and still chargeable: never asked about yet, or first
+  asked less than `BILLING_FAILED_AFTER_S` ago (the poller expires a record asked longer ago
+  before it asks again, so a record stops counting exactly when it can no longer be
+  charged), or
 - `held` for review (charged only if a person approves it),
 plus the payer's unexpired in-flight reservations (requests being served right now).
 
@@ -55,7 +56,13 @@ from django.utils import timezone
 
 from accounts import plans
 from billing.models import AccountKind, BillingAccount, InFlight, TransactionKind, UsageState
-from billing.selectors import grant_key, month_bounds, month_label
+from billing.selectors import (
+    MONTHLY_GRANT_KEYS,
+    grant_key,
+    month_bounds,
+    month_label,
+    oldest_open_period,
+)
 from core.money import format_usd
 
 ALLOWED = "ok"
@@ -81,25 +88,41 @@ _BALANCES = """
     coalesce(sum(a.balance_nanousd) FILTER (WHERE a.kind = %(payg)s), 0)::bigint AS payg,
     EXISTS (SELECT 1 FROM billing_ledgertransaction WHERE idempotency_key = %(grant_key)s)
         AS granted,
+    (SELECT coalesce(sum(greatest(o.left_nanousd, 0)), 0)::bigint FROM (
+        SELECT (SELECT sum(e.amount_nanousd)
+                  FROM billing_ledgertransaction t
+                  JOIN billing_ledgerentry e ON e.transaction_id = t.id
+                  JOIN billing_ledgeraccount p ON p.id = e.account_id
+                 WHERE t.billing_account_id = %(payer)s AND t.kind = ANY(%(month_kinds)s)
+                   AND t.period = g.period
+                   AND p.billing_account_id = %(payer)s AND p.kind = %(included)s)
+               AS left_nanousd
+          FROM billing_ledgertransaction g
+         WHERE g.billing_account_id = %(payer)s AND g.kind = %(grant)s
+           AND g.idempotency_key LIKE %(monthly)s
+           AND g.period < %(period)s AND g.period >= %(oldest_open)s
+           AND NOT EXISTS (SELECT 1 FROM billing_ledgertransaction x
+                            WHERE x.billing_account_id = %(payer)s AND x.kind = %(expiry)s
+                              AND x.period = g.period)) o)
+        AS included_old,
     (SELECT coalesce(sum(u.estimated_cost_nanousd), 0)::bigint
        FROM billing_usagerecord u
       WHERE u.payer_id = %(payer)s AND u.state = %(pending)s
-        AND coalesce(u.first_asked_at, u.recorded_at) > %(window_start)s)
+        AND (u.first_asked_at IS NULL OR u.first_asked_at > %(window_start)s))
     + (SELECT coalesce(sum(u.estimated_cost_nanousd), 0)::bigint
        FROM billing_usagerecord u WHERE u.payer_id = %(payer)s AND u.state = %(held)s)
     + (SELECT coalesce(sum(f.estimated_cost_nanousd), 0)::bigint
        FROM billing_inflight f WHERE f.payer_id = %(payer)s AND f.expires_at > %(now)s)
         AS pending"""
 # This month's pay-as-you-go spend: charges net of refunds, by the request's month (`period`;
-# rows written before `period` existed have none and count by when they were posted).
+# migration 0006 gave every earlier charge and refund one).
 _PAYG_SPEND = """
     (SELECT coalesce(-sum(e.amount_nanousd), 0)::bigint
        FROM billing_ledgertransaction t
        JOIN billing_ledgerentry e ON e.transaction_id = t.id
        JOIN billing_ledgeraccount p ON p.id = e.account_id
       WHERE t.billing_account_id = %(payer)s AND t.kind IN (%(charge)s, %(refund)s)
-        AND (t.period = %(period)s
-             OR (t.period IS NULL AND t.created_at >= %(start)s AND t.created_at < %(end)s))
+        AND t.period = %(period)s
         AND p.billing_account_id = %(payer)s AND p.kind = %(payg)s)
         AS payg_spend"""
 _FROM_POOLS = "\nFROM billing_ledgeraccount a WHERE a.billing_account_id = %(payer)s\n"
@@ -140,6 +163,13 @@ def state_params(payer_id: int, now: datetime) -> dict:
         "refund": TransactionKind.REFUND,
         "pending": UsageState.PENDING,
         "held": UsageState.HELD,
+        # What is left of earlier months still open (their charges may still come) is in the
+        # included pool but is not this month's to spend (`included_old`).
+        "grant": TransactionKind.GRANT,
+        "expiry": TransactionKind.EXPIRY,
+        "monthly": MONTHLY_GRANT_KEYS,
+        "month_kinds": [k for k in TransactionKind.values if k != TransactionKind.TOP_UP],
+        "oldest_open": oldest_open_period(now),
     }
 
 
@@ -215,7 +245,13 @@ def payer_terms(*, billing_account: BillingAccount) -> PayerTerms:
 def state_from_row(terms: PayerTerms, row: Mapping[str, Any]) -> PayerState:
     """A `PayerState` from a row of `BALANCES_SQL` or `BALANCES_SPEND_SQL`, by column name."""
     return PayerState(
-        included_nanousd=row["included"] if row["granted"] else terms.monthly_credit_nanousd,
+        # Once this month is granted, the pool less what earlier months still open keep;
+        # before, this month's amount (what the pool holds is earlier months').
+        included_nanousd=(
+            max(row["included"] - row["included_old"], 0)
+            if row["granted"]
+            else terms.monthly_credit_nanousd
+        ),
         prepaid_nanousd=row["prepaid"],
         payg_nanousd=row["payg"],
         payg_spend_nanousd=row.get("payg_spend", 0),

@@ -349,9 +349,14 @@ def _fetch(client: httpx.Client, provider: Provider, request_ids: list[str]) -> 
 
 
 def _next_batch(
-    provider: Provider, ready_before: datetime, after: tuple[datetime, int] | None, size: int
+    provider: Provider,
+    ready_before: datetime,
+    window_start: datetime,
+    after: tuple[datetime, int] | None,
+    size: int,
 ) -> list[tuple[datetime, int, str]]:
-    """The next pending records, oldest first, after the keyset `after` (created_at, id).
+    """The next pending records, oldest first, after the keyset `after` (created_at, id); not
+    those first asked before `window_start` (their window has passed: they expire).
 
     The row comparison `(created_at, id) > (...)` is an index range on the partial index of
     pending records; the equivalent OR of two conditions made PostgreSQL scan from the start
@@ -361,11 +366,13 @@ def _next_batch(
         "SELECT created_at, id, request_id FROM billing_usagerecord "
         "WHERE provider_id = %(provider)s AND state = %(pending)s "
         "AND created_at <= %(ready_before)s "
+        "AND (first_asked_at IS NULL OR first_asked_at >= %(window_start)s) "
     )
     params = {
         "provider": provider.pk,
         "pending": UsageState.PENDING,
         "ready_before": ready_before,
+        "window_start": window_start,
         "size": size,
     }
     if after:
@@ -489,7 +496,11 @@ def _poll(
     client: httpx.Client | None,
     progress: Callable[[int, PollResult], None] | None,
 ) -> PollResult:
-    result = PollResult()
+    # Records asked about longer ago than the window (and, for a provider without a cost URL,
+    # records never asked that are older) expire first: they will never be asked again, so
+    # the limits check, which stops counting them at the same moment, never sees a record
+    # that can still be charged leave its count.
+    result = PollResult(failed_to_bill=expire_unbilled(provider=provider, now=now))
     if provider.cost_url:
         own_client = client is None
         client = client or _client()
@@ -500,7 +511,6 @@ def _poll(
                 client.close()
     else:
         result.error = "provider has no cost URL"
-    result.failed_to_bill = expire_unbilled(provider=provider, now=now)
     _record_health(
         provider, now=now, error=result.error, invalid=result.invalid, unknown=result.unknown
     )
@@ -516,9 +526,10 @@ def _ask_all(
     result: PollResult,
 ) -> None:
     ready_before = now - timedelta(seconds=provider.first_cost_query_delay_s)
+    window_start = now - timedelta(seconds=settings.BILLING_FAILED_AFTER_S)
     after: tuple[datetime, int] | None = None
     while True:
-        rows = _next_batch(provider, ready_before, after, batch_size)
+        rows = _next_batch(provider, ready_before, window_start, after, batch_size)
         if not rows:
             return
         after = rows[-1][:2]

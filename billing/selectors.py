@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from django.db import connections
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Sum
@@ -169,6 +169,22 @@ def period_of(moment: datetime) -> date:
 def label_of(period: date) -> str:
     """`YYYY-MM` of a period."""
     return f"{period:%Y-%m}"
+
+
+# LIKE pattern of the monthly grants' keys (extra grants are `grant_extra:...`).
+MONTHLY_GRANT_KEYS = "grant:%"
+# Months a payer's included credits can be open at once: a month closes about half an hour
+# after its end (`billing.services.credits.credits_expire_closed`), later only while one of its
+# requests is still pending; only this many months back are looked at.
+OPEN_MONTHS_MAX = 3
+
+
+def oldest_open_period(now: datetime) -> date:
+    """The oldest month whose included credits may still be open at `now`."""
+    start = month_bounds(now)[0]
+    for _ in range(OPEN_MONTHS_MAX - 1):
+        start = month_bounds(start - timedelta(days=1))[0]
+    return start.date()
 
 
 def grant_key(billing_account_id: int, label: str) -> str:

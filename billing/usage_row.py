@@ -215,6 +215,19 @@ def _health_count_sql(column: str) -> str:
 HEALTH_COUNT_SQL = {column: _health_count_sql(column) for column in _HEALTH_COUNTERS}
 
 
+def split_repeated_keys(rows: Sequence[UsageRow]) -> tuple[list[UsageRow], list[UsageRow]]:
+    """The first row of each (provider, request ID) key, and the rows repeating a key already
+    in the batch (two requests the provider gave one ID, both in one write): those are
+    treated as conflicting with the first, never counted as written with it."""
+    seen: set[tuple[int, str]] = set()
+    first, repeated = [], []
+    for row in rows:
+        key = (row.provider_id, row.request_id)
+        (repeated if key in seen else first).append(row)
+        seen.add(key)
+    return first, repeated
+
+
 def reused_rows(
     rows: Sequence[UsageRow], conflicted: Sequence[UsageRow], stored: Sequence[dict], loose=()
 ) -> list[UsageRow]:
@@ -261,10 +274,12 @@ def usage_rows_insert(rows: Sequence[UsageRow], *, loose=()) -> int:
     to store. `loose`: `id()`s of rows whose time is not their own (see `reused_rows`)."""
     if not rows:
         return 0
+    first, repeated = split_repeated_keys(rows)
     with connection.cursor() as cursor:
-        cursor.execute(USAGE_ROWS_INSERT_SQL, usage_rows_params(rows))
+        cursor.execute(USAGE_ROWS_INSERT_SQL, usage_rows_params(first))
         written = {(p, r) for p, r in cursor.fetchall()}
-        conflicted = [r for r in rows if (r.provider_id, r.request_id) not in written]
+        conflicted = [r for r in first if (r.provider_id, r.request_id) not in written]
+        conflicted += repeated
         reused = []
         if conflicted:
             cursor.execute(

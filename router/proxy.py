@@ -479,13 +479,11 @@ class RoutedRequest:
         candidate = attempt.candidate
         prompt, completion = usage or (None, None)
         # The record counts against limits until its cost is known: its estimate is the
-        # request's upper bound (what was reserved), or what the reported usage costs at those
-        # prices if that is more.
-        estimate = max(
-            self.upper_bound_nanousd(candidate),
-            selection.cost_nanousd(self.prices(candidate), prompt_tokens=prompt or 0,
-                                   completion_tokens=completion or 0),
-        )  # fmt: skip
+        # request's upper bound (what was reserved). Never raised by the usage the provider
+        # reports: a provider claiming 2**31 tokens would otherwise lift the review threshold
+        # (10x the estimate) past any cost it chooses; a cost above the bound is the bounded
+        # overshoot, and far above it is held for review.
+        estimate = self.upper_bound_nanousd(candidate)
         row = UsageRow.build(
             provider_id=attempt.provider.id,
             request_id=request_id,

@@ -32,12 +32,64 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VENV_BIN = BASE_DIR / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python")
 DB_NAME = "hfbill"
+# Two database roles (docs/operations.md "Database roles"), created by `Postgres.start`:
+# the owner of the database and its tables (runs migrations; CREATEDB so that the test suite
+# can create its test database) and the application, which owns nothing.
+OWNER_ROLE = "hfbill_owner"
+APP_ROLE = "hfbill_app"  # config/settings.py DATABASE_APP_ROLE's default
 
 # Defaults shared with config/settings.py: plain `manage.py` reaches what `make run` started.
 DEFAULT_PG_PORT = 54329
 DEFAULT_REDIS_PORT = 63790
 DEFAULT_WEB_PORT = 8000
 DEFAULT_SIM_PORT = 8001  # the provider simulator; the demo providers point at it
+
+
+# Both roles, created if missing and (re)set to what they may do. Loopback with trust auth,
+# as the cluster was made (initdb --auth=trust), so no passwords; production: see the docs.
+ROLES_SQL = f"""
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+        CREATE ROLE {OWNER_ROLE} LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+        CREATE ROLE {APP_ROLE} LOGIN;
+    END IF;
+END $$;
+ALTER ROLE {OWNER_ROLE} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+ALTER ROLE {APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+"""  # noqa: S608 (our constants, no input)
+
+# Run in the database: what older code created as `postgres` (tables, sequences, views, the
+# ledger's trigger functions) now belongs to the owner. Idempotent; a no-op once done.
+OWNERSHIP_SQL = f"""
+DO $$
+DECLARE
+    obj record;
+BEGIN
+    FOR obj IN
+        SELECT c.oid::regclass AS name,
+               CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                              WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS what
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND c.relowner = 'postgres'::regrole
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+          -- sequences of identity and serial columns follow their table
+          AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                          AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+        ORDER BY c.relkind = 'S'
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO {OWNER_ROLE}', obj.what, obj.name);
+    END LOOP;
+    FOR obj IN
+        SELECT p.oid::regprocedure AS name FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public' AND p.proowner = 'postgres'::regrole
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO {OWNER_ROLE}', obj.name);
+    END LOOP;
+END $$;
+"""  # noqa: S608 (our constants, no input)
 
 
 def say(message: str) -> None:
@@ -116,7 +168,13 @@ class Postgres:
 
     @property
     def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/{DB_NAME}"
+        """The application's credentials (web, router, worker, beat): DATABASE_URL."""
+        return f"postgres://{APP_ROLE}@127.0.0.1:{self.port}/{DB_NAME}"
+
+    @property
+    def owner_url(self) -> str:
+        """The tables' owner (migrate; the test suite's set-up): DATABASE_OWNER_URL."""
+        return f"postgres://{OWNER_ROLE}@127.0.0.1:{self.port}/{DB_NAME}"
 
     def _chown(self, path: Path) -> None:
         user = pg_user()
@@ -190,6 +248,10 @@ class Postgres:
         self._create_database(bindir)
 
     def _create_database(self, bindir: Path) -> None:
+        """The two roles and the database, idempotently. A cluster made by older code (one
+        role, `postgres`, owning everything) is upgraded: the roles are created and the
+        database's objects handed to the owner; migration 0007 then grants the application
+        its privileges."""
         psql = [
             str(bindir / "psql") if (bindir / "psql").exists() else "psql",
             "-h",
@@ -199,27 +261,24 @@ class Postgres:
             "-U",
             "postgres",
             "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
         ]
-        exists = subprocess.run(
-            [
-                *psql,
-                "-d",
-                "postgres",
-                "-c",
-                f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'",  # noqa: S608
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if exists.returncode != 0:
-            fail(f"cannot query PostgreSQL: {exists.stderr}")
-        if exists.stdout.strip() != "1":
-            subprocess.run(
-                [*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB_NAME}"],
-                check=True,
-                capture_output=True,
+
+        def run(database: str, sql: str) -> str:
+            result = subprocess.run(
+                [*psql, "-d", database, "-c", sql], capture_output=True, text=True, check=False
             )
+            if result.returncode != 0:
+                fail(f"PostgreSQL refused the database set-up: {result.stderr.strip()}")
+            return result.stdout.strip()
+
+        run("postgres", ROLES_SQL)
+        exists = run("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'")  # noqa: S608
+        if exists != "1":
+            run("postgres", f"CREATE DATABASE {DB_NAME} OWNER {OWNER_ROLE}")
+        run("postgres", f"ALTER DATABASE {DB_NAME} OWNER TO {OWNER_ROLE}")
+        run(DB_NAME, OWNERSHIP_SQL)
 
     def stop(self) -> None:
         if not (self.pgdata / "PG_VERSION").exists():
@@ -378,20 +437,19 @@ def cmd_run(_args: argparse.Namespace) -> int:
         if port_open(port):
             fail(f"port {port} is already in use (set {var})")
 
-    local = write_local_env(
-        {"DATABASE_URL": pg.url, "REDIS_URL": redis.url, "DATA_DIR": str(data_dir)}
-    )
+    urls = {"DATABASE_URL": pg.url, "DATABASE_OWNER_URL": pg.owner_url}
+    local = write_local_env({**urls, "REDIS_URL": redis.url, "DATA_DIR": str(data_dir)})
     env = {
         **local,
         **os.environ,
         "SIMULATOR_URL": f"http://127.0.0.1:{sim_port}",
-        "DATABASE_URL": pg.url,
+        **urls,
         "REDIS_URL": redis.url,
         "DATA_DIR": str(data_dir),
     }
 
     with Services(pg, redis):
-        manage("migrate", "--no-input", env=env)
+        manage("migrate", "--no-input", env={**env, "DATABASE_URL": pg.owner_url})  # as owner
         manage("collectstatic", "--no-input", "--verbosity", "0", env=env)
         demo = subprocess.run(
             [PYTHON, "manage.py", "demo_load"],
@@ -505,6 +563,7 @@ def throwaway_services():
     env = {
         **os.environ,
         "DATABASE_URL": pg.url,
+        "DATABASE_OWNER_URL": pg.owner_url,  # the tests migrate and flush as the owner
         "REDIS_URL": redis.url,
         "DATA_DIR": str(root),
         "SECRET_KEY": "test-secret-key-not-for-production",
@@ -548,8 +607,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     verdict = 0
     with throwaway_services() as env:
+        as_owner = {**env, "DATABASE_URL": env["DATABASE_OWNER_URL"]}
         subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=BASE_DIR,
-                       env=env, check=True)  # fmt: skip
+                       env=as_owner, check=True)  # fmt: skip
         for script in args.scripts:
             verdict |= subprocess.run([PYTHON, script], cwd=BASE_DIR, env=env).returncode
     return verdict

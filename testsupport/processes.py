@@ -44,8 +44,10 @@ test_database_url.__test__ = False  # not a test, despite its name
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process (manage.py, a worker) on the test database."""
-    return {**os.environ, "DATABASE_URL": test_database_url(), **extra}
+    """The environment for a child process (manage.py, a worker) on the test database, with
+    the application's credentials only (as in production: not the owner's)."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_OWNER_URL"}
+    return {**env, "DATABASE_URL": test_database_url(), **extra}
 
 
 def manage_process(*args: str) -> subprocess.CompletedProcess:

@@ -5,24 +5,23 @@ from django.conf import settings
 from django.db import migrations, models
 
 
-# Every existing transaction gets the month its money belongs to (a charge: its request's month;
-# a refund: its charge's), and every month closed by the old rule (a later month was granted,
-# which expired the rest) gets an empty `expiry:<payer>:<YYYY-MM>` marking it closed.
+# Every existing transaction gets the month its money belongs to. A charge posted by the old
+# rule was paid from the pool of the month it was posted in, so that is its month (new charges
+# take their request's); a refund takes its charge's. Every month closed by the old rule (a
+# later month was granted, which expired the rest) gets an empty `expiry:<payer>:<YYYY-MM>`
+# marking it closed.
 BACKFILL_SQL = """
 UPDATE billing_ledgertransaction SET period = to_date(split_part(idempotency_key, ':', 3), 'YYYY-MM')
  WHERE kind = 'grant' AND idempotency_key LIKE 'grant:%';
 UPDATE billing_ledgertransaction
    SET period = to_date(split_part(idempotency_key, ':before-', 2), 'YYYY-MM') - interval '1 month'
  WHERE kind = 'expiry' AND idempotency_key LIKE 'expiry:%:before-%';
-UPDATE billing_ledgertransaction t
-   SET period = date_trunc('month', u.created_at AT TIME ZONE 'UTC')::date
-  FROM billing_usagerecord u WHERE u.charge_id = t.id AND t.kind = 'charge';
+UPDATE billing_ledgertransaction
+   SET period = date_trunc('month', created_at AT TIME ZONE 'UTC')::date
+ WHERE period IS NULL AND kind IN ('grant', 'adjustment', 'charge', 'expiry');
 UPDATE billing_ledgertransaction t SET period = c.period
   FROM billing_ledgertransaction c
  WHERE t.kind = 'refund' AND t.idempotency_key = 'refund:' || c.id;
-UPDATE billing_ledgertransaction
-   SET period = date_trunc('month', created_at AT TIME ZONE 'UTC')::date
- WHERE period IS NULL AND kind IN ('grant', 'adjustment', 'charge', 'refund', 'expiry');
 INSERT INTO billing_ledgertransaction
     (kind, idempotency_key, billing_account_id, actor, memo, created_at, period)
 SELECT 'expiry', 'expiry:' || g.billing_account_id || ':' || to_char(g.period, 'YYYY-MM'),

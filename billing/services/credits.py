@@ -29,10 +29,12 @@ from billing.models import (
     UsageState,
 )
 from billing.selectors import (
+    MONTHLY_GRANT_KEYS,
     grant_key,
     label_of,
     month_bounds,
     monthly_credit_nanousd_get,
+    oldest_open_period,
     period_of,
 )
 from billing.services.accounts import (
@@ -48,10 +50,6 @@ from core.transactions import requires_atomic, retry_on_conflict
 # One credit action moves at most $1,000,000: far above any real one, far below an overflow.
 AMOUNT_MAX_NANOUSD = 10**15
 AMOUNT_MAX_MESSAGE = "amount must be at most $1,000,000 (10^15 nano-USD)."
-OPEN_MONTHS_MAX = 3  # months a payer's included credits can be open at once (see open_periods)
-
-
-MONTHLY_GRANT_KEYS = "grant:%"  # LIKE pattern of monthly grants (extra grants: grant_extra:)
 
 
 def latest_grants(payer_ids: Sequence[int]) -> dict[int, date]:
@@ -130,9 +128,7 @@ def open_periods(payer_ids: Sequence[int], *, now: datetime) -> dict[int, list[d
     """Each payer's months whose included credits have not expired yet (granted, no expiry),
     oldest first; only the last `OPEN_MONTHS_MAX` months are looked at (months close about
     half an hour after their end, `credits_expire_closed`)."""
-    oldest = period_of(now)
-    for _ in range(OPEN_MONTHS_MAX - 1):
-        oldest = period_of(datetime.combine(oldest, time(), tzinfo=UTC) - timedelta(days=1))
+    oldest = oldest_open_period(now)
     found: dict[int, list[date]] = {}
     with connection.cursor() as cursor:
         cursor.execute(
@@ -195,16 +191,23 @@ def month_closes_at(period: date) -> datetime:
 def credits_expire_closed(
     *, billing_accounts: Sequence[BillingAccount], now: datetime | None = None, actor="credits"
 ) -> int:
-    """Expires what is left of each closed month's included credits; returns how many months
-    it closed. A month M closes once `month_closes_at(M)` has passed and the payer has no
-    request of M or earlier still pending (a charge of M is paid from M's credits, whenever it
-    is polled). The expiry (`expiry:<payer>:<YYYY-MM>`, period M) is posted even when nothing
-    is left: it marks the month closed. Never more than the pool holds."""
+    """Closes each month whose billing has closed and expires what is left of its included
+    credits; returns how many months it closed. A month M closes once `month_closes_at(M)`
+    has passed and the payer has no request of M or earlier still pending (a charge of M is
+    paid from M's credits, whenever it is polled). The expiry (`expiry:<payer>:<YYYY-MM>`,
+    period M) is posted even when nothing is left: it marks the month closed.
+
+    What expires is everything in the included pool that does not belong to a later month
+    still open (their remainders are kept whole): M's own remainder, and credit a refund gave
+    back to a month already closed. So an expiry never takes a later month's credit and never
+    more than the pool holds.
+    """
     now = now or timezone.now()
     by_id = {a.pk: a for a in billing_accounts}
+    opened = open_periods(list(by_id), now=now)
     candidates = [
         (payer, period)
-        for payer, periods in open_periods(list(by_id), now=now).items()
+        for payer, periods in opened.items()
         for period in periods
         if month_closes_at(period) <= now
     ]
@@ -227,11 +230,13 @@ def credits_expire_closed(
     )
     expired = platform_account_get_or_create(AccountKind.CREDITS_EXPIRED).pk
     balances = accounts_lock([*included.values(), expired])
-    left = included_left(closable)
+    payers = {p for p, _ in closable}
+    left = included_left([(p, d) for p in sorted(payers) for d in opened[p]])
     postings = []
-    for payer, period in closable:
+    for payer, period in closable:  # oldest first per payer
         pool = included[payer]
-        amount = max(0, min(left[(payer, period)], balances[pool]))
+        later = sum(max(v, 0) for (p, d), v in left.items() if p == payer and d > period)
+        amount = max(0, balances[pool] - later)
         balances[pool] -= amount
         label = label_of(period)
         postings.append(
@@ -258,8 +263,19 @@ def credits_ensure_month_many(
     """The hourly job's work, in a transaction of its own: closes the months whose billing
     window has closed (`credits_expire_closed`), then grants this month's credits
     (`credits_grant_month_due`); returns how many accounts got this month's grant now."""
+    pools_ensure(*billing_accounts)
+    included = LedgerAccount.objects.filter(
+        billing_account__in=list(billing_accounts), kind=AccountKind.INCLUDED
+    ).values_list("pk", flat=True)
+    platform = [
+        platform_account_get_or_create(kind).pk
+        for kind in (AccountKind.CREDITS_EXPIRED, AccountKind.CREDITS_GRANTED)
+    ]
+    accounts_lock([*included, *platform])  # everything both steps move, in the global order
     credits_expire_closed(billing_accounts=billing_accounts, now=now, actor=actor)
-    return credits_grant_month_due(billing_accounts=billing_accounts, now=now, actor=actor)
+    return credits_grant_month_due(
+        billing_accounts=billing_accounts, now=now, actor=actor, locked=True
+    )
 
 
 def credits_ensure_month(

@@ -10,8 +10,13 @@ from datetime import datetime
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing.models import UsageRecord, UsageState
+from billing.models import AccountKind, LedgerAccount, UsageRecord, UsageState
 from billing.selectors import period_of
+from billing.services.accounts import (
+    accounts_lock,
+    platform_account_get_or_create,
+    provider_payable_get_or_create,
+)
 from billing.services.charging import ChargeRow, charge_rows
 from core.errors import DomainError
 from core.transactions import retry_on_conflict
@@ -55,8 +60,20 @@ def held_costs_approve(
         by_provider.setdefault(provider_id, []).append(
             ChargeRow(usage_id, request_id, payer_id, period_of(created_at), estimate, cost)
         )
+    providers = list(Provider.objects.filter(pk__in=list(by_provider)).order_by("pk"))
+    # Every account any of the charges may move, locked at once in the global order.
+    payers = {r.payer_id for rows in by_provider.values() for r in rows}
+    accounts_lock(
+        [
+            *LedgerAccount.objects.filter(billing_account_id__in=payers).values_list(
+                "pk", flat=True
+            ),
+            *(provider_payable_get_or_create(provider=p).pk for p in providers),
+            platform_account_get_or_create(AccountKind.CREDITS_GRANTED).pk,
+        ]
+    )
     charged = 0
-    for provider in Provider.objects.filter(pk__in=list(by_provider)).order_by("pk"):
+    for provider in providers:
         charged += charge_rows(
             provider=provider, rows=by_provider[provider.pk], now=now, actor=actor
         ).billed

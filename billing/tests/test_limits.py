@@ -356,12 +356,17 @@ def test_defect_6_a_pending_record_past_its_billing_window_stops_counting(provid
     records = payer.usage_records.filter(request_id="stale")
     assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False  # in window
 
-    records.update(recorded_at=NOW - timedelta(seconds=1800))
-    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True
+    # Never asked yet, however old: it can still be charged, so it counts.
+    records.update(recorded_at=NOW - timedelta(days=1))
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False
 
     # A record first asked about recently is still inside its window, however old it is.
     records.update(first_asked_at=NOW - timedelta(seconds=1799))
     assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is False
+
+    # First asked a window ago: the poller expires it before asking again; it stops counting.
+    records.update(first_asked_at=NOW - timedelta(seconds=1800))
+    assert payer_may_start(billing_account=fresh(payer), now=NOW).allowed is True
 
 
 def test_defect_6_a_cost_held_for_review_counts_until_reviewed(provider):

@@ -3,7 +3,7 @@
 move reverses cleanly."""
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.db.migrations.executor import MigrationExecutor
 
 from core.fields import encrypt
@@ -13,7 +13,7 @@ AFTER = [("accounts", "0003_providerkey_to_registry"), ("registry", "0003_provid
 
 
 def migrate(targets):
-    executor = MigrationExecutor(connection)
+    executor = MigrationExecutor(connections["owner"])  # migrations run as the tables' owner
     executor.loader.build_graph()
     executor.migrate(targets)
     return executor.loader.project_state(targets).apps
@@ -29,7 +29,7 @@ def constraint_names(table: str) -> set[str]:
         return set(connection.introspection.get_constraints(cursor, table))
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, databases=["default", "owner"])
 def test_a_provider_key_written_before_the_move_is_read_after_it_and_back():
     try:
         old_apps = migrate(BEFORE)
