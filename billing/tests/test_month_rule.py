@@ -17,6 +17,7 @@ from registry.tests.factories import ProviderFactory
 
 MONTHLY = plans.PRO_USER_MONTHLY_NANOUSD  # $2.00
 COST = 1_500_000_000  # $1.50
+DOLLAR = 1_000_000_000
 BOUNDARIES = [  # (a moment in the old month, the first instant of the new one)
     pytest.param(datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), id="jan"),
     pytest.param(datetime(2026, 12, 15, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC), id="dec"),
@@ -145,3 +146,35 @@ def test_the_month_spend_of_a_late_charge_is_its_requests_month(provider):
     assert charges_nanousd(billing_account=jan, start=jan_start, end=jan_end) == 3 * MONTHLY
     assert charges_nanousd(billing_account=jan, start=jan_end, end=feb_end) == 0
     assert UsageRecord.objects.get(request_id="r").state == "billed"
+
+
+@pytest.mark.django_db
+def test_credit_a_refund_gives_back_to_a_closed_month_expires_with_the_next_close(provider):
+    """January's charge refunded in February, after January closed: the included part comes
+    back into the pool. It is spent with February, and what is left of it expires when
+    February closes, never taking March's credit."""
+    jan, feb, mar = (datetime(2026, m, 1, tzinfo=UTC) for m in (1, 2, 3))
+    payer = payer_for_new_user(plan="pro")
+    services.credits_ensure_month(billing_account=payer, now=jan + timedelta(days=14))
+    record = pending_usage(
+        provider=provider, payer=payer, request_id="jan", created_at=jan + timedelta(days=19)
+    )
+    services.cost_batch_apply(provider=provider, costs={"jan": COST}, now=jan + timedelta(days=19))
+    services.credits_ensure_month(billing_account=payer, now=feb + CLOSE)  # Feb granted, Jan closed
+    assert pools(payer)["included"] == MONTHLY
+    record.refresh_from_db()
+    services.charge_refund(usage_record=record, actor="finance", memo="outage")
+    assert pools(payer)["included"] == MONTHLY + COST
+
+    pending_usage(
+        provider=provider, payer=payer, request_id="feb", created_at=feb + timedelta(days=9)
+    )
+    services.cost_batch_apply(
+        provider=provider, costs={"feb": 3 * DOLLAR}, now=feb + timedelta(days=9)
+    )
+    assert pools(payer)["included"] == MONTHLY + COST - 3 * DOLLAR  # $0.50 left
+    services.credits_ensure_month(billing_account=payer, now=mar + timedelta(seconds=10))
+    services.credits_ensure_month(billing_account=payer, now=mar + CLOSE)
+
+    assert pools(payer)["included"] == MONTHLY  # March's whole, nothing stray left
+    assert invariant_violations() == []
