@@ -59,6 +59,12 @@ withheld (fraction 0..1)  corrupt that share of the cost entries: -cost; cost + 
                           `simulator.costs.affected(id, fraction, switch name)`; an ID hit by
                           several per-entry switches gets the first of withheld, missing, null,
                           string, float, negative
+hostile_cost (str)        overflow | huge_exponent | deep | absurd: the hit IDs' costNanoUsd is
+                          the raw JSON 2**63, `1e1000000`, a 10**4-deep array, or 10**17
+                          (before any other cost switch); the hit IDs are those starting with
+hostile_cost_prefix (str) this prefix, and/or chosen by
+hostile_cost_fraction     `simulator.costs.affected(id, fraction, "hostile_cost")` (one of the
+                          two is required with hostile_cost, and hostile_cost with either)
 unasked_ids (int)         append that many entries for IDs nobody asked for
                           (`simulator.costs.unasked_id(slug, n)`)
 requests_null (bool)      answer `{"requests": null}`
@@ -93,7 +99,7 @@ from simulator.chat import (
     parse_chat_request,
     stream_chunks,
 )
-from simulator.costs import MAX_IDS_PER_REQUEST, cost_entries
+from simulator.costs import MAX_IDS_PER_REQUEST, cost_entries, entries_json
 from simulator.faults import FaultError, Faults, Scope, parse_faults
 from simulator.state import ProviderState, Registry
 
@@ -356,7 +362,7 @@ class SimulatorApp:
         state.stats.ids_answered += len(entries)
         if faults.huge_body_mb:
             return _padded(entries, faults.huge_body_mb * _MIB)
-        return json_response(200, {"requests": entries})
+        return Response(200, b'{"requests":' + entries_json(entries) + b"}")
 
     # ----- control ------------------------------------------------------------------------
 
@@ -488,7 +494,7 @@ async def _sse(
 
 def _padded(entries: list[dict[str, Any]], target_bytes: int) -> Response:
     """A cost answer of `target_bytes` (at least), padded by a `padding` string field."""
-    head = b'{"requests":' + dumps(entries) + b',"padding":"'
+    head = b'{"requests":' + entries_json(entries) + b',"padding":"'
     tail = b'"}'
     pad = max(0, target_bytes - len(head) - len(tail))
 

@@ -11,12 +11,18 @@ Fraction-based faults pick their victims with `affected(request_id, fraction, sa
 `salt` is the switch name (`"negative_costs"`, `"withheld"`, ...): the first 8 hex digits of
 sha256(`<salt>:<request_id>`), read as a number in [0, 1), are compared with the fraction. So a
 test can predict exactly which IDs a switch hits, and different switches hit different IDs.
+
+`hostile_cost` answers, for the IDs it hits, a cost no well-behaved provider sends and no
+`json.dumps` of a Python value produces (`1e1000000`, a 10,000-deep array): such a cost is a
+`RawJson` in the entry, spliced into the answer as is by `entries_json`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from simulator.faults import Faults
@@ -34,7 +40,42 @@ COST_CORRUPTIONS = (
 )
 """Per-ID corruption switches, in precedence order: an ID hit by several gets the first."""
 
+HOSTILE_DEPTH = 10_000
+HOSTILE_COST_JSON: dict[str, str] = {
+    "overflow": str(2**63),  # one past the largest signed 64-bit integer
+    "huge_exponent": "1e1000000",  # 9 characters; converting it exactly takes most of a minute
+    "deep": "[" * HOSTILE_DEPTH + "]" * HOSTILE_DEPTH,  # an array 10**4 levels deep
+    "absurd": str(10**17),  # $100,000,000: a plausible integer, an impossible request cost
+}
+"""The raw JSON text of `costNanoUsd` for each value of the `hostile_cost` switch."""
+
 _SCALE = 2**32
+
+
+@dataclass(frozen=True, slots=True)
+class RawJson:
+    """JSON text put into the answer as written (never through json.dumps)."""
+
+    text: str
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def entries_json(entries: list[dict[str, Any]]) -> bytes:
+    """The JSON text of a `requests` list, with any `RawJson` cost spliced in as written."""
+    if not any(isinstance(entry.get("costNanoUsd"), RawJson) for entry in entries):
+        return _dumps(entries)
+    parts = []
+    for entry in entries:
+        cost = entry.get("costNanoUsd")
+        if isinstance(cost, RawJson):
+            rid = _dumps(entry["requestId"])
+            parts.append(b'{"requestId":' + rid + b',"costNanoUsd":' + cost.text.encode() + b"}")
+        else:
+            parts.append(_dumps(entry))
+    return b"[" + b",".join(parts) + b"]"
 
 
 def cost_nanousd(request_id: str) -> int:
@@ -57,6 +98,17 @@ def affected(request_id: str, fraction: float, salt: str) -> bool:
     return head < fraction * _SCALE
 
 
+def hostile_hit(request_id: str, faults: Faults) -> bool:
+    """Whether `hostile_cost` hits this ID: it starts with `hostile_cost_prefix`, or
+    `affected(request_id, hostile_cost_fraction, "hostile_cost")`."""
+    if not faults.hostile_cost:
+        return False
+    prefix = faults.hostile_cost_prefix
+    if prefix and request_id.startswith(prefix):
+        return True
+    return affected(request_id, faults.hostile_cost_fraction, "hostile_cost")
+
+
 def id_prefix(slug: str) -> str:
     """IDs starting with this prefix belong to the provider `slug`."""
     return f"sim-{slug}-"
@@ -70,7 +122,8 @@ def unasked_id(slug: str, n: int) -> str:
 def cost_entries(slug: str, request_ids: Iterable[str], faults: Faults) -> list[dict[str, Any]]:
     """The `requests` list of a cost answer for the (deduplicated) asked IDs.
 
-    IDs that do not start with `sim-<slug>-` are left out (unknown to this provider). The
+    IDs that do not start with `sim-<slug>-` are left out (unknown to this provider). An ID hit
+    by `hostile_cost` gets its `RawJson` cost (before any other switch); the
     per-ID corruption switches apply in the order of `COST_CORRUPTIONS`; `duplicate_ids` then
     appends, after all regular entries, a second copy of each hit ID whose cost is twice the
     true one; `unasked_ids` appends entries for IDs nobody asked for (see `unasked_id`).
@@ -80,11 +133,15 @@ def cost_entries(slug: str, request_ids: Iterable[str], faults: Faults) -> list[
     if faults.fixed_cost_nanousd:
         return [{"requestId": rid, "costNanoUsd": faults.fixed_cost_nanousd} for rid in mine]
     active = [(name, getattr(faults, name)) for name in COST_CORRUPTIONS if getattr(faults, name)]
-    if not active:
+    hostile = HOSTILE_COST_JSON.get(faults.hostile_cost)
+    if not active and hostile is None:
         entries = [{"requestId": rid, "costNanoUsd": cost_nanousd(rid)} for rid in mine]
     else:
         entries = []
         for rid in mine:
+            if hostile is not None and hostile_hit(rid, faults):
+                entries.append({"requestId": rid, "costNanoUsd": RawJson(hostile)})
+                continue
             entry = _corrupted_entry(rid, active)
             if entry is not None:
                 entries.append(entry)

@@ -21,7 +21,10 @@ FRACTION_SWITCHES: tuple[str, ...] = (
     "null_costs",
     "duplicate_ids",
     "withheld",
+    "hostile_cost_fraction",
 )
+HOSTILE_COSTS: tuple[str, ...] = ("overflow", "huge_exponent", "deep", "absurd")
+"""Values of `hostile_cost`: what the hit entries get as `costNanoUsd` (see simulator.costs)."""
 BOOL_SWITCHES: tuple[str, ...] = (
     "timeout",
     "requests_null",
@@ -66,6 +69,9 @@ class Faults:
     null_costs: float = 0.0
     duplicate_ids: float = 0.0
     withheld: float = 0.0
+    hostile_cost: str = ""
+    hostile_cost_fraction: float = 0.0
+    hostile_cost_prefix: str = ""
     unasked_ids: int = 0
     requests_null: bool = False
     garbage_body: bool = False
@@ -90,7 +96,21 @@ def parse_faults(body: Any) -> Faults:
     values: dict[str, Any] = {}
     for name, value in body.items():
         values[name] = _parse_one(name, value)
+    _check_hostile(values)
     return Faults(**values, given=dict(values))
+
+
+def _check_hostile(values: dict[str, Any]) -> None:
+    """`hostile_cost` says what, `hostile_cost_fraction` / `hostile_cost_prefix` which IDs:
+    one without the other is refused rather than silently doing nothing."""
+    selects = values.get("hostile_cost_fraction") or values.get("hostile_cost_prefix")
+    if values.get("hostile_cost") and not selects:
+        raise FaultError(
+            "hostile_cost_fraction",
+            "hostile_cost needs hostile_cost_fraction (> 0) or hostile_cost_prefix",
+        )
+    if selects and not values.get("hostile_cost"):
+        raise FaultError("hostile_cost", f"must be one of {', '.join(HOSTILE_COSTS)}")
 
 
 def _parse_one(name: str, value: Any) -> Any:
@@ -110,6 +130,14 @@ def _parse_one(name: str, value: Any) -> Any:
     if name == "error_on":
         if value not in SCOPES:
             raise FaultError(name, f"must be one of {', '.join(SCOPES)}")
+        return value
+    if name == "hostile_cost":
+        if value not in HOSTILE_COSTS:
+            raise FaultError(name, f"must be one of {', '.join(HOSTILE_COSTS)}")
+        return value
+    if name == "hostile_cost_prefix":
+        if not isinstance(value, str) or not _PRINTABLE.match(value):
+            raise FaultError(name, "must be 1-256 printable ASCII characters without spaces")
         return value
     if name == "request_id_header":
         if not isinstance(value, str) or not _HEADER_NAME.match(value):

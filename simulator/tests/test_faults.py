@@ -80,6 +80,14 @@ def test_a_put_replaces_every_switch_set_before(provider: Provider):
         ({"request_id_header": "Bad Header"}, "request_id_header"),
         ({"api_key": ""}, "api_key"),
         (["latency_ms"], "body"),
+        ({"hostile_cost": "nan", "hostile_cost_fraction": 1}, "hostile_cost"),
+        ({"hostile_cost": "deep"}, "hostile_cost_fraction"),
+        ({"hostile_cost": "deep", "hostile_cost_fraction": 0}, "hostile_cost_fraction"),
+        ({"hostile_cost_fraction": 0.5}, "hostile_cost"),
+        ({"hostile_cost_prefix": "sim-x-"}, "hostile_cost"),
+        ({"hostile_cost": "deep", "hostile_cost_fraction": 2}, "hostile_cost_fraction"),
+        ({"hostile_cost": "deep", "hostile_cost_prefix": ""}, "hostile_cost_prefix"),
+        ({"hostile_cost": "deep", "hostile_cost_prefix": 5}, "hostile_cost_prefix"),
     ],
 )
 def test_an_invalid_switch_is_refused_with_a_400_naming_it_and_nothing_changes(
@@ -366,6 +374,83 @@ def test_huge_body_mb_pads_the_answer_to_that_many_mebibytes(provider: Provider)
     provider.reset_faults()
     assert len(provider.costs(ids).content) < 1024
     assert_normal_costs(provider, ids)
+
+
+# ----- hostile cost numbers -------------------------------------------------------------------
+
+HOSTILE = {
+    "overflow": str(2**63),
+    "huge_exponent": "1e1000000",
+    "deep": "[" * 10_000 + "]" * 10_000,
+    "absurd": str(10**17),
+}
+
+
+def cost_answer_text(ids: list[str], hostile: dict[str, str]) -> bytes:
+    """The exact answer bytes: `hostile` maps IDs to the raw JSON text of their cost."""
+    entries = [
+        f'{{"requestId":{json.dumps(rid)},"costNanoUsd":{hostile.get(rid, cost_nanousd(rid))}}}'
+        for rid in ids
+    ]
+    return ('{"requests":[' + ",".join(entries) + "]}").encode()
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_cost_answers_that_raw_json_for_the_ids_with_the_prefix(
+    provider: Provider, kind: str
+):
+    ids = provider.fabricated_ids(4)
+    bad = f"sim-{provider.slug}-bad-1"
+    provider.set_faults(hostile_cost=kind, hostile_cost_prefix=f"sim-{provider.slug}-bad")
+
+    response = provider.costs([ids[0], bad, *ids[1:]])
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    # Compared as text: `1e1000000` takes json.loads most of a minute; 10**4 levels recurse.
+    assert response.content == cost_answer_text([ids[0], bad, *ids[1:]], {bad: HOSTILE[kind]})
+    assert provider.stats()["ids_answered"] == 5
+    provider.reset_faults()
+    assert_normal_costs(provider, [bad, *ids])
+
+
+def test_hostile_cost_fraction_hits_exactly_the_predicted_ids(provider: Provider):
+    ids = provider.fabricated_ids(100)
+    hit = {rid for rid in ids if affected(rid, 0.1, "hostile_cost")}
+    assert 0 < len(hit) < 30
+    provider.set_faults(hostile_cost="huge_exponent", hostile_cost_fraction=0.1)
+
+    response = provider.costs(ids)
+
+    assert response.content == cost_answer_text(ids, dict.fromkeys(hit, "1e1000000"))
+
+
+def test_hostile_cost_comes_before_the_other_corruptions_and_duplicates_stay_well_formed(
+    provider: Provider,
+):
+    ids = provider.fabricated_ids(3)
+    provider.set_faults(
+        hostile_cost="overflow", hostile_cost_prefix=ids[1], withheld=1, duplicate_ids=1
+    )
+
+    entries = provider.costs(ids).json()["requests"]
+
+    assert entries == [
+        {"requestId": ids[1], "costNanoUsd": 2**63},
+        {"requestId": ids[1], "costNanoUsd": 2 * cost_nanousd(ids[1])},
+    ]
+
+
+def test_hostile_cost_survives_huge_body_padding(provider: Provider):
+    (rid,) = provider.fabricated_ids(1)
+    provider.set_faults(hostile_cost="deep", hostile_cost_fraction=1, huge_body_mb=1)
+
+    response = provider.costs([rid])
+
+    assert len(response.content) == 1024 * 1024
+    head = cost_answer_text([rid], {rid: HOSTILE["deep"]})[:-1] + b',"padding":"'
+    assert response.content.startswith(head)
+    assert response.content.endswith(b'x"}')
 
 
 # ----- chat-side switches ---------------------------------------------------------------------
