@@ -19,12 +19,18 @@ from registry.models import Provider
 
 @requires_atomic
 def pools_ensure(*billing_accounts: BillingAccount) -> None:
-    """Creates the included, prepaid and payg pools of these accounts if missing (1 query).
-    Inside the caller's transaction, so an account never commits without its pools."""
-    LedgerAccount.objects.bulk_create(
-        [LedgerAccount(kind=k, billing_account=a) for a in billing_accounts for k in PAYER_KINDS],
-        ignore_conflicts=True,
-    )
+    """Creates the included, prepaid and payg pools of these accounts if missing (1 statement,
+    set-based: a cost batch's 10,000 payers cost one INSERT). Inside the caller's transaction,
+    so an account never commits without its pools."""
+    if not billing_accounts:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_ledgeraccount (kind, billing_account_id, balance_nanousd) "
+            "SELECT k, a, 0 FROM unnest(%s::bigint[]) AS a CROSS JOIN unnest(%s::text[]) AS k "
+            "ON CONFLICT DO NOTHING",
+            [sorted({a.pk for a in billing_accounts}), list(PAYER_KINDS)],
+        )
 
 
 @transaction.atomic

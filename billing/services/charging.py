@@ -232,16 +232,21 @@ def _charge(
     provider: Provider, rows: Sequence[ChargeRow], now: datetime, actor: str, result: BatchResult
 ) -> None:
     payer_ids = sorted({r.payer_id for r in rows})
-    accounts = list(
-        BillingAccount.objects.filter(pk__in=payer_ids).select_related("user", "organization")
-    )
-    pools_ensure(*accounts)  # an account that lost its pools to a crash gets them back here
-    pools = {
-        (billing_account_id, kind): pk
-        for pk, billing_account_id, kind in LedgerAccount.objects.filter(
-            billing_account_id__in=payer_ids
-        ).values_list("pk", "billing_account_id", "kind")
-    }
+
+    def pools_of() -> dict[tuple[int, str], int]:
+        return {
+            (billing_account_id, kind): pk
+            for pk, billing_account_id, kind in LedgerAccount.objects.filter(
+                billing_account_id__in=payer_ids
+            ).values_list("pk", "billing_account_id", "kind")
+        }
+
+    pools = pools_of()
+    if len(pools) < len(payer_ids) * len(PAYER_KINDS):
+        # An account that lost its pools to a crash gets them back here (rare: looked for
+        # only when some are missing, so a batch of healthy payers pays one query).
+        pools_ensure(*BillingAccount.objects.filter(pk__in=payer_ids))
+        pools = pools_of()
     payable = provider_payable_get_or_create(provider=provider).pk
     due = grants_due({(r.payer_id, r.period) for r in rows})
     platform = []
@@ -251,7 +256,12 @@ def _charge(
     lock_ids = [*pools.values(), payable, *platform]
     balances = accounts_lock(lock_ids)
     if due:
-        by_id = {a.pk: a for a in accounts}
+        by_id = {
+            a.pk: a
+            for a in BillingAccount.objects.filter(pk__in={p for p, _ in due}).select_related(
+                "user", "organization"
+            )
+        }
         for period in sorted({d for _, d in due}):  # oldest month first: grants stay monotonic
             credits_grant_month_due(
                 billing_accounts=[by_id[p] for p, d in due if d == period],

@@ -35,7 +35,8 @@ def charge_refund(*, usage_record: UsageRecord, actor: str, memo: str) -> Ledger
     month (`period`), so it nets out of that month's spend, and the record is marked
     (`refunded_at`). Once per charge (idempotency key `refund:<charge id>`): a second call
     returns None. Included credits given back to a month that has already closed are in the
-    pool again and are spent (or expire) with the month that is open.
+    pool again: spent with the month that is open, and what is left of them expires when it
+    closes (`credits_expire_closed`).
     """
     if not memo.strip():
         raise DomainError("validation_error", "A reason is required for a refund.", field="memo")

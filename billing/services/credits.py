@@ -129,15 +129,16 @@ def open_periods(payer_ids: Sequence[int], *, now: datetime) -> dict[int, list[d
     oldest first; only the last `OPEN_MONTHS_MAX` months are looked at (months close about
     half an hour after their end, `credits_expire_closed`)."""
     oldest = oldest_open_period(now)
-    found: dict[int, list[date]] = {}
+    grants: dict[int, set[date]] = {}
+    expiries: set[tuple[int, date]] = set()
     with connection.cursor() as cursor:
+        # One index range per payer on (billing_account, kind, period); the difference is
+        # taken here (an anti-join per grant cost twice as much in bench/cost_ingest.py).
         cursor.execute(
-            "SELECT g.billing_account_id, g.period FROM billing_ledgertransaction g "
-            "WHERE g.billing_account_id = ANY(%(payers)s) AND g.period >= %(oldest)s "
-            "AND g.kind = %(grant)s AND g.idempotency_key LIKE %(monthly)s "
-            "AND NOT EXISTS (SELECT 1 FROM billing_ledgertransaction x "
-            " WHERE x.billing_account_id = g.billing_account_id AND x.period = g.period "
-            " AND x.kind = %(expiry)s) ORDER BY 1, 2",
+            "SELECT billing_account_id, kind, period FROM billing_ledgertransaction "
+            "WHERE billing_account_id = ANY(%(payers)s) AND kind IN (%(grant)s, %(expiry)s) "
+            "AND period >= %(oldest)s "
+            "AND (kind = %(expiry)s OR idempotency_key LIKE %(monthly)s)",
             {
                 "payers": list(payer_ids),
                 "oldest": oldest,
@@ -146,9 +147,16 @@ def open_periods(payer_ids: Sequence[int], *, now: datetime) -> dict[int, list[d
                 "expiry": TransactionKind.EXPIRY,
             },
         )
-        for payer, period in cursor.fetchall():
-            found.setdefault(payer, []).append(period)
-    return found
+        for payer, kind, period in cursor.fetchall():
+            if kind == TransactionKind.GRANT:
+                grants.setdefault(payer, set()).add(period)
+            else:
+                expiries.add((payer, period))
+    found = {
+        payer: sorted(p for p in periods if (payer, p) not in expiries)
+        for payer, periods in grants.items()
+    }
+    return {payer: periods for payer, periods in found.items() if periods}
 
 
 def included_left(pairs: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
