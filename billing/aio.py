@@ -27,6 +27,7 @@ from billing.limits import (
 )
 from billing.usage_row import (
     HEALTH_COUNT_SQL,
+    RETURNING_KEY,
     STORED_ROWS_SQL,
     USAGE_ROW_INSERT_SQL,
     UsageRow,
@@ -70,16 +71,9 @@ async def usage_rows_insert(conn: AsyncConnection, rows: Sequence[UsageRow]) -> 
         return
     first, repeated = split_repeated_keys(rows)
     async with conn.cursor() as cursor:
-        await cursor.executemany(
-            USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in first], returning=True
-        )
-        written = set()
-        while True:
-            written.update(await cursor.fetchall())
-            if not cursor.nextset():
-                break
-        conflicted = [r for r in first if (r.provider_id, r.request_id) not in written]
-        conflicted += repeated
+        await cursor.executemany(USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in first])
+        # Every row new (the usual case): nothing to compare, no second round trip.
+        conflicted = [*first, *repeated] if cursor.rowcount < len(rows) else []
         reused = []
         if conflicted:
             async with conn.cursor(row_factory=dict_row) as stored_cursor:
@@ -89,10 +83,18 @@ async def usage_rows_insert(conn: AsyncConnection, rows: Sequence[UsageRow]) -> 
                 )
                 stored = await stored_cursor.fetchall()
             reused = reused_rows(rows, conflicted, stored)
-            if reused:
+            if reused:  # rare: RETURNING tells which are new (a retry's are not)
                 await cursor.executemany(
-                    USAGE_ROW_INSERT_SQL, [usage_row_params(r) for r in reused]
+                    USAGE_ROW_INSERT_SQL + RETURNING_KEY,
+                    [usage_row_params(r) for r in reused],
+                    returning=True,
                 )
+                new = set()
+                while True:
+                    new.update(key for (key,) in await cursor.fetchall())
+                    if not cursor.nextset():
+                        break
+                reused = [r for r in reused if r.request_id in new]
         for column, provider_ids in health_counts([*rows, *reused]).items():
             if provider_ids:
                 await cursor.execute(HEALTH_COUNT_SQL[column], (provider_ids,))

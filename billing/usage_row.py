@@ -16,6 +16,7 @@ no database access at import time.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -127,13 +128,19 @@ class UsageRow:
             cost_error=cost_error,
         )
 
-    def reused(self) -> UsageRow:
+    def reused(self, *, exact_time: bool = True) -> UsageRow:
         """This row under a key of our own, `not_billable`: its provider answered it with a
         request ID that another request of the same provider already has (charging it would
-        charge the first request's payer)."""
+        charge the first request's payer). The key is a digest of the row (its time left out
+        when it is not its own, `exact_time=False`), so writing it again is a no-op."""
+        when = self.created_at.isoformat() if exact_time else ""
+        fields = [self.provider_id, self.request_id, self.user_id, self.payer_id,
+                  self.hub_model_id, self.provider_model, self.http_status, self.prompt_tokens,
+                  self.completion_tokens, when]  # fmt: skip
+        digest = hashlib.sha256(repr(fields).encode()).hexdigest()[:32]
         return dataclasses.replace(
             self,
-            request_id=f"{REUSED_REQUEST_ID}{object_id()}",
+            request_id=f"{REUSED_REQUEST_ID}{digest}",
             state=UsageState.NOT_BILLABLE,
             estimated_cost_nanousd=0,
             cost_error=f"the provider reused request ID {self.request_id[:200]!r}",
@@ -178,12 +185,12 @@ _ARRAYS = ", ".join(f"%({c})s::{t}[]" for c, t in _COLUMN_TYPES.items())
 _VALUES = ", ".join(f"%({c})s" for c in COLUMNS)
 _IDEMPOTENT = " ON CONFLICT (provider_id, request_id) DO NOTHING"
 # Any number of rows in one statement.
-_RETURNING = " RETURNING provider_id, request_id"
-USAGE_ROWS_INSERT_SQL = f"{_INSERT}SELECT *, 0 FROM unnest({_ARRAYS}){_IDEMPOTENT}{_RETURNING}"  # noqa: S608
+USAGE_ROWS_INSERT_SQL = f"{_INSERT}SELECT *, 0 FROM unnest({_ARRAYS}){_IDEMPOTENT}"  # noqa: S608
 # One row per execution: the router's group commit sends it with psycopg's `executemany`
 # (pipelined, one round trip). For its usual batch of one or a few rows it costs less than the
 # array form (bench/router_overhead.py: ~0.15 ms per request at concurrency 1).
-USAGE_ROW_INSERT_SQL = f"{_INSERT}VALUES ({_VALUES}, 0){_IDEMPOTENT}{_RETURNING}"
+USAGE_ROW_INSERT_SQL = f"{_INSERT}VALUES ({_VALUES}, 0){_IDEMPOTENT}"
+RETURNING_KEY = " RETURNING request_id"
 # The rows already stored under the keys of rows that conflicted (`UsageRow.same_request`).
 STORED_ROWS_SQL = (
     "SELECT u.provider_id, u.request_id, u.user_id, u.payer_id, u.hub_model_id, "
@@ -240,7 +247,7 @@ def reused_rows(
         existing = by_key.get((row.provider_id, row.request_id))
         if existing is None or row.same_request(existing, exact_time=id(row) not in loose):
             continue
-        found.append(row.reused())
+        found.append(row.reused(exact_time=id(row) not in loose))
     return found
 
 
@@ -277,9 +284,10 @@ def usage_rows_insert(rows: Sequence[UsageRow], *, loose=()) -> int:
     first, repeated = split_repeated_keys(rows)
     with connection.cursor() as cursor:
         cursor.execute(USAGE_ROWS_INSERT_SQL, usage_rows_params(first))
-        written = {(p, r) for p, r in cursor.fetchall()}
-        conflicted = [r for r in first if (r.provider_id, r.request_id) not in written]
-        conflicted += repeated
+        written = cursor.rowcount
+        # Every row new (the usual case): nothing to compare. Otherwise each row is compared
+        # with what is stored under its key (its own row, just written, is the same request).
+        conflicted = [*first, *repeated] if written < len(rows) else []
         reused = []
         if conflicted:
             cursor.execute(
@@ -289,9 +297,11 @@ def usage_rows_insert(rows: Sequence[UsageRow], *, loose=()) -> int:
             names = [c.name for c in cursor.description]
             stored = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
             reused = reused_rows(rows, conflicted, stored, loose)
-            if reused:
-                cursor.execute(USAGE_ROWS_INSERT_SQL, usage_rows_params(reused))
+            if reused:  # rare: RETURNING tells which are new (a retry's are not)
+                cursor.execute(USAGE_ROWS_INSERT_SQL + RETURNING_KEY, usage_rows_params(reused))
+                new = {key for (key,) in cursor.fetchall()}
+                reused = [r for r in reused if r.request_id in new]
         for column, provider_ids in health_counts([*rows, *reused]).items():
             if provider_ids:
                 cursor.execute(HEALTH_COUNT_SQL[column], [provider_ids])
-    return len(written) + len(reused)
+    return written + len(reused)

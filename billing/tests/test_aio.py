@@ -53,6 +53,31 @@ def test_usage_rows_are_inserted_once():
     assert UsageRecord.objects.get().estimated_cost_nanousd == 7
 
 
+def test_defect_13_a_request_id_the_provider_reuses_keeps_both_requests_on_the_router_path():
+    """In one group-commit batch and across batches: the second request with a taken ID is
+    kept under a key of its own, never dropped, never charged to the first payer."""
+    first, second, third = payer_for_new_user(), payer_for_new_user(), payer_for_new_user()
+    provider = ProviderFactory()
+
+    def row(payer, seconds):
+        return UsageRow.build(
+            provider_id=provider.pk, request_id="dup", user_id=payer.user_id, payer_id=payer.pk,
+            hub_model_id="a/b", provider_model="b", task="conversational", http_status=200,
+            prompt_tokens=1, completion_tokens=2, estimated_cost_nanousd=7, byok=False,
+            created_at=NOW + timedelta(seconds=seconds),
+        )  # fmt: skip
+
+    batch = [row(first, 0), row(second, 1)]
+    run(lambda conn: aio.usage_rows_insert(conn, batch))
+    run(lambda conn: aio.usage_rows_insert(conn, [row(third, 2)]))
+    run(lambda conn: aio.usage_rows_insert(conn, batch))  # a writer's retry: nothing new
+
+    assert UsageRecord.objects.get(request_id="dup").payer_id == first.pk
+    kept = UsageRecord.objects.filter(request_id__startswith="reused-request-id:")
+    assert sorted(kept.values_list("payer_id", flat=True)) == sorted([second.pk, third.pk])
+    assert ProviderBillingHealth.objects.get(provider=provider).reused_request_ids_total == 2
+
+
 def test_missing_request_ids_are_counted_per_provider():
     first, second = ProviderFactory(), ProviderFactory()
     ids = [first.pk, first.pk, second.pk]
