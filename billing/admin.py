@@ -360,7 +360,8 @@ class BillingAccountAdmin(admin.ModelAdmin):
             action="grant_credits",
             title="Grant credits",
             explanation="Adds included credits to each selected payer. Like the monthly "
-            "credits, they are spent first and expire at the end of the month (UTC).",
+            "credits, they are spent first and belong to this month (UTC): what is left expires "
+            "once its billing has closed.",
             service=services.credits_grant_extra,
         )
 
@@ -563,28 +564,24 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Approve held cost (charge it)", permissions=["review"])
     def approve_held(self, request, queryset):
-        from billing.services.review import held_costs_approve  # the lead's service
-
         return self._review(
             request,
             queryset,
             action="approve_held",
             title="Approve held cost",
             explanation="Charges each selected held cost as reported, in its request's month.",
-            decide=held_costs_approve,
+            decide=services.held_costs_approve,
         )
 
     @admin.action(description="Reject held cost (never charged)", permissions=["review"])
     def reject_held(self, request, queryset):
-        from billing.services.review import held_costs_reject
-
         return self._review(
             request,
             queryset,
             action="reject_held",
             title="Reject held cost",
             explanation="Marks each selected held cost rejected: it is never charged.",
-            decide=held_costs_reject,
+            decide=services.held_costs_reject,
         )
 
 
@@ -592,5 +589,6 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 class ProviderBillingHealthAdmin(ReadOnlyAdmin):
     list_display = ("provider", "last_poll_at", "last_success_at", "last_error_at",
                     "consecutive_failures", "invalid_costs_total", "unknown_ids_total",
-                    "missing_request_ids_total", "last_error")  # fmt: skip
+                    "missing_request_ids_total", "reused_request_ids_total",
+                    "long_request_ids_total", "held_costs_total", "last_error")  # fmt: skip
     list_select_related = ("provider",)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from celery import current_app
 from django.conf import settings
 from django.core.management import call_command
 from django.db import close_old_connections, connection
@@ -120,7 +121,10 @@ class CeleryProcess:
 
 @contextlib.contextmanager
 def celery_processes(log_dir: Path, *kinds: str, **env: str) -> Iterator[list[CeleryProcess]]:
-    """Starts e.g. a worker and a beat; stops them (warm shutdown) at the end."""
+    """Starts e.g. a worker and a beat; stops them (warm shutdown) at the end. The broker's
+    queue is emptied first: tasks an earlier test's beat left queued (a `cost_poll_enqueue`
+    fanning out polls of this test's providers) must not run in this test."""
+    current_app.control.purge()  # the project's app (config/celery.py, loaded with Django)
     procs = [CeleryProcess(kind, log_dir, **env).start() for kind in kinds]
     try:
         yield procs
