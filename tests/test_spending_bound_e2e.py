@@ -131,6 +131,8 @@ def test_an_organization_with_a_1_usd_limit_spends_at_most_1_usd(
     assert served >= 1 and statuses.count(402) == REQUESTS - served, statuses
     spend = account_summary(billing_account=payer)["month_to_date_spend_nanousd"]
     assert spend == -pools(payer)[AccountKind.PAYG] == served * COST
+    print(f"\n[bound] {'priced' if prices else 'unpriced'}: {served} of {REQUESTS} served, "
+          f"pay-as-you-go spend {spend} nano-USD (limit {USD})")  # fmt: skip
     assert spend <= USD
     assert invariant_violations() == []
 
@@ -158,6 +160,8 @@ def test_a_free_user_with_10_cents_runs_at_most_10_cents_plus_one_reservation(
     served = statuses.count(200)
     assert served >= 1 and statuses.count(402) == REQUESTS - served, statuses
     charged = served * COST
+    print(f"\n[bound] free user: {served} of {REQUESTS} served, {charged} nano-USD charged "
+          f"(credit 100000000, one reservation {reservation})")  # fmt: skip
     assert charged <= 100_000_000 + reservation
     balances = pools(payer)
     assert balances["included"] + balances["payg"] == 100_000_000 - charged

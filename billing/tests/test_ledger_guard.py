@@ -75,7 +75,7 @@ def test_the_tests_connect_with_the_applications_credentials_which_own_nothing()
     assert table_owner != user
 
 
-def test_setting_the_old_posting_flag_does_not_unlock_a_balance(ledger):
+def test_defect_8_setting_the_old_posting_flag_does_not_unlock_a_balance(ledger):
     prepaid = ledger.thief[AccountKind.PREPAID]
     with pytest.raises(DatabaseError) as refusal, transaction.atomic(), connection.cursor() as c:
         c.execute("SELECT set_config('billing.posting', 'on', true)")
@@ -87,7 +87,7 @@ def test_setting_the_old_posting_flag_does_not_unlock_a_balance(ledger):
     assert balance(prepaid) == 0
 
 
-def test_a_balance_cannot_be_updated_directly(ledger):
+def test_defect_8_a_balance_cannot_be_updated_directly(ledger):
     payg = ledger.victim[AccountKind.PAYG]
     assert PERMISSION_DENIED in refused(
         "UPDATE billing_ledgeraccount SET balance_nanousd = 0 WHERE id = %s", [payg.pk]
@@ -104,12 +104,12 @@ def test_a_ledger_account_cannot_start_with_a_balance(ledger):
 
 
 @pytest.mark.parametrize("table", LEDGER_TABLES)
-def test_a_ledger_table_cannot_be_truncated(ledger, table):
+def test_defect_8_a_ledger_table_cannot_be_truncated(ledger, table):
     assert PERMISSION_DENIED in refused(f"TRUNCATE {table} CASCADE")
     assert invariant_violations() == []
 
 
-def test_a_pool_cannot_be_moved_to_another_payer(ledger):
+def test_defect_8_a_pool_cannot_be_moved_to_another_payer(ledger):
     prepaid = ledger.victim[AccountKind.PREPAID]  # $100
     assert PERMISSION_DENIED in refused(
         "UPDATE billing_ledgeraccount SET billing_account_id = %s WHERE id = %s",
@@ -119,7 +119,7 @@ def test_a_pool_cannot_be_moved_to_another_payer(ledger):
     assert prepaid.billing_account_id != ledger.thief_payer.pk
 
 
-def test_a_pools_kind_cannot_be_changed(ledger):
+def test_defect_8_a_pools_kind_cannot_be_changed(ledger):
     payg = ledger.victim[AccountKind.PAYG]
     assert PERMISSION_DENIED in refused(
         "UPDATE billing_ledgeraccount SET kind = 'prepaid', billing_account_id = NULL "
@@ -138,14 +138,14 @@ def test_a_pools_kind_cannot_be_changed(ledger):
         ("billing_account_id", None),
     ],
 )
-def test_a_ledger_transaction_cannot_be_changed(ledger, column, value):
+def test_defect_8_a_ledger_transaction_cannot_be_changed(ledger, column, value):
     assert PERMISSION_DENIED in refused(
         f"UPDATE billing_ledgertransaction SET {column} = %s WHERE id = %s",  # noqa: S608
         [value, ledger.charge.pk],
     )
 
 
-def test_a_ledger_transaction_cannot_be_deleted(ledger):
+def test_defect_8_a_ledger_transaction_cannot_be_deleted(ledger):
     assert PERMISSION_DENIED in refused(
         "DELETE FROM billing_ledgertransaction WHERE id = %s", [ledger.charge.pk]
     )
@@ -168,7 +168,7 @@ def append_params(ledger) -> dict:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_balanced_legs_cannot_be_appended_to_an_old_charge():
+def test_defect_8_balanced_legs_cannot_be_appended_to_an_old_charge():
     ledger = make_ledger()  # committed: the charge was posted by an earlier transaction
     before = balance(ledger.victim[AccountKind.PREPAID])
     message = refused(APPEND_LEGS, append_params(ledger))
@@ -177,7 +177,9 @@ def test_balanced_legs_cannot_be_appended_to_an_old_charge():
     assert balance(ledger.victim[AccountKind.PREPAID]) == before
 
 
-def test_a_second_statement_cannot_add_legs_to_a_transaction_in_the_same_transaction(ledger):
+def test_defect_8_a_second_statement_cannot_add_legs_to_a_transaction_in_the_same_transaction(
+    ledger,
+):
     # The fixture's postings ran in this test's database transaction: only "one statement
     # writes all the legs" stands between them and appended legs.
     message = refused(APPEND_LEGS, append_params(ledger))
@@ -196,19 +198,19 @@ def test_a_second_statement_cannot_add_legs_to_a_transaction_in_the_same_transac
         "AS $$ BEGIN RETURN NEW; END $$",
     ],
 )
-def test_the_application_cannot_disable_or_replace_the_guards(ledger, sql):
+def test_defect_8_the_application_cannot_disable_or_replace_the_guards(ledger, sql):
     message = refused(sql)
     assert "must be owner" in message or "permission denied for schema" in message
 
 
-def test_the_application_cannot_create_its_own_trigger_on_a_ledger_table(ledger):
+def test_defect_8_the_application_cannot_create_its_own_trigger_on_a_ledger_table(ledger):
     assert PERMISSION_DENIED in refused(
         "CREATE TRIGGER sneaky BEFORE UPDATE ON billing_ledgeraccount "
         "FOR EACH ROW EXECUTE FUNCTION billing_balance_guard()"
     )
 
 
-def test_a_trigger_of_the_applications_own_cannot_mint_a_balance(ledger):
+def test_defect_8_a_trigger_of_the_applications_own_cannot_mint_a_balance(ledger):
     """Inside a trigger (depth 1, where the posting trigger's updates skip the guard), a
     function of the application's own (on a temporary table) still cannot set a balance."""
     bare = BillingAccount.objects.create(user=UserFactory()).pk  # a payer with no pools yet
