@@ -64,3 +64,58 @@ def simulator_url(tmp_path_factory):
     """Base URL of a real provider simulator process, shared by the whole session."""
     with running_simulator(tmp_path_factory.mktemp("simulator") / "uvicorn.log") as url:
         yield url
+
+
+# --- a real browser (testsupport/browser.py) ---------------------------------------------------
+_call_failed = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remembers whether a test's body failed (browser_page then takes a screenshot)."""
+    report = yield
+    if report.when == "call":
+        item.stash[_call_failed] = report.failed
+    return report
+
+
+@pytest.fixture(scope="session")
+def _chromium(tmp_path_factory):
+    """Debian's Chromium, started once per session: its DevTools endpoint. If it cannot start,
+    every test that needs it fails (never skips) with the reason."""
+    from testsupport import browser
+
+    try:
+        with browser.running_chromium(tmp_path_factory.mktemp("chromium") / "profile") as url:
+            yield url
+    except browser.BrowserUnavailable as exc:
+        pytest.fail(f"the browser tests need Chromium: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def browser_page(_chromium, live_server, request, tmp_path, monkeypatch):
+    """A fresh page (no cookies) in headless Chromium, for a test against `live_server`
+    (transactional database). A failed test leaves `failure.png` in its tmp_path.
+
+    Playwright's sync API registers its asyncio loop as running in this thread while the page
+    is open, so Django takes the test's own database calls for calls from async code. They are
+    not (the loop only carries Playwright's messages; the views run in the live server's
+    threads, still checked): the check is off in this thread for this test only. Django also
+    keeps this thread's connections apart while a loop runs; they are closed before the loop
+    goes, else they would leak and keep the test database from being dropped."""
+    from contextlib import ExitStack
+
+    from django.db import connections
+
+    from testsupport import browser
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with ExitStack() as stack:
+        try:
+            page = stack.enter_context(browser.fresh_page(_chromium))
+        except browser.BrowserUnavailable as exc:
+            pytest.fail(f"the browser tests need Chromium: {exc}", pytrace=False)
+        stack.callback(connections.close_all)  # runs first, while the loop is still there
+        yield page
+        if request.node.stash.get(_call_failed, False):
+            browser.screenshot(page, tmp_path / "failure.png")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine for `make run` / `make test`: a virtual environment with the exact
 # pins of pyproject.toml in .venv, plus the system packages the project starts itself
-# (redis-server; the PostgreSQL 15 server binaries are expected, and installed if missing).
+# (redis-server; the PostgreSQL 15 server binaries are expected, and installed if missing) and
+# Debian's Chromium, the browser the admin's browser tests drive with Playwright.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     apt_install postgresql-15
 fi
+# The browser tests launch this binary (testsupport/browser.py); `playwright install` is never
+# run: Playwright's own browser downloads are not used.
+[ -x /usr/bin/chromium ] || apt_install chromium
 
 if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv with $($PYTHON --version)" >&2
