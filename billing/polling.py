@@ -62,6 +62,8 @@ JSON_DEPTH_MAX = 6
 # Calls of `cost_batch_apply` per batch while bisecting failures (one bad ID in 10,000 takes
 # about 28); past it the rest stays pending for the next poll.
 APPLY_ATTEMPTS_MAX = 64
+# How a record's `cost_error` starts when its cost failed to apply on its own (not a bad value).
+APPLY_FAILED = "could not be applied: "
 # pg_try_advisory_lock(namespace, provider id): "bill" in ASCII.
 POLL_LOCK_NAMESPACE = 0x62696C6C
 
@@ -354,16 +356,17 @@ def _next_batch(
     window_start: datetime,
     after: tuple[datetime, int] | None,
     size: int,
-) -> list[tuple[datetime, int, str]]:
-    """The next pending records, oldest first, after the keyset `after` (created_at, id); not
-    those first asked before `window_start` (their window has passed: they expire).
+) -> list[tuple[datetime, int, str, str]]:
+    """The next pending records (created_at, id, request ID, cost error), oldest first, after
+    the keyset `after` (created_at, id); not those first asked before `window_start` (their
+    window has passed: they expire).
 
     The row comparison `(created_at, id) > (...)` is an index range on the partial index of
     pending records; the equivalent OR of two conditions made PostgreSQL scan from the start
     of the index on every batch (seen with a million pending records in bench/cost_ingest.py).
     """
     sql = (
-        "SELECT created_at, id, request_id FROM billing_usagerecord "
+        "SELECT created_at, id, request_id, cost_error FROM billing_usagerecord "
         "WHERE provider_id = %(provider)s AND state = %(pending)s "
         "AND created_at <= %(ready_before)s "
         "AND (first_asked_at IS NULL OR first_asked_at >= %(window_start)s) "
@@ -422,21 +425,45 @@ def _poll_lock(provider: Provider) -> Iterator[bool]:
                     cursor.execute(
                         "SELECT pg_advisory_unlock(%s, %s)", [POLL_LOCK_NAMESPACE, provider.pk]
                     )
-            except DatabaseError:
-                # The session is unusable: end it (a pool must not hand it out still holding
-                # the lock), which releases the lock.
+            except BaseException as exc:
+                # The session is unusable, or the unlock was interrupted (a soft time limit
+                # fired inside it): end the session, which releases the lock, so that no pool
+                # hands it out still holding it; an interruption then goes on.
                 logger.exception("cost poll of %s: unlock failed; closing", provider.slug)
                 if connection.connection is not None:
                     connection.connection.close()
                 connection.close()
+                if not isinstance(exc, DatabaseError):
+                    raise
 
 
 def _apply_isolated(
-    provider: Provider, costs: dict[str, int], now: datetime, result: PollResult
+    provider: Provider,
+    costs: dict[str, int],
+    now: datetime,
+    result: PollResult,
+    suspects: set[str] = frozenset(),
 ) -> dict[str, str]:
     """Applies `costs`; a failing application is bisected so that the healthy records still
-    apply. Returns the IDs that failed alone, with the error (class and message)."""
+    apply. Returns the IDs that failed alone, with the error (class and message).
+
+    `suspects` (IDs whose cost failed to apply alone in an earlier poll) are applied last, one
+    per transaction, outside the bisection budget: a few records that always fail cannot use
+    it up poll after poll and leave the healthy ones of their batch to expire unapplied."""
     failed: dict[str, str] = {}
+    for request_id in sorted(suspects & costs.keys()):
+        try:
+            applied = services.cost_batch_apply(
+                provider=provider, costs={request_id: costs[request_id]}, now=now
+            )
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as exc:  # isolated, as below
+            failed[request_id] = f"{APPLY_FAILED}{type(exc).__name__}: {exc}".strip()[:300]
+            result.error = f"cost of {request_id!r} could not be applied: {failed[request_id]}"
+            continue
+        _count(result, applied)
+    costs = {i: c for i, c in costs.items() if i not in suspects}
     parts = [list(costs)] if costs else []
     attempts = 0
     while parts:
@@ -457,17 +484,21 @@ def _apply_isolated(
         except Exception as exc:  # isolated: anything a batch can raise (DataError, ...)
             logger.warning("cost poll of %s: %d cost(s) failed: %r", provider.slug, len(ids), exc)
             if len(ids) == 1:
-                failed[ids[0]] = f"{type(exc).__name__}: {exc}".strip()[:300]
+                failed[ids[0]] = f"{APPLY_FAILED}{type(exc).__name__}: {exc}".strip()[:300]
                 result.error = f"cost of {ids[0]!r} could not be applied: {failed[ids[0]]}"
             else:
                 middle = len(ids) // 2
                 parts += [ids[middle:], ids[:middle]]
             continue
-        result.billed += applied.billed
-        result.zero_cost += applied.zero_cost
-        result.held += getattr(applied, "held", 0)
-        result.charged_nanousd += applied.charged_nanousd
+        _count(result, applied)
     return failed
+
+
+def _count(result: PollResult, applied) -> None:
+    result.billed += applied.billed
+    result.zero_cost += applied.zero_cost
+    result.held += applied.held
+    result.charged_nanousd += applied.charged_nanousd
 
 
 def cost_poll_provider(
@@ -548,7 +579,8 @@ def _ask_all(
             logger.warning("cost poll of %s failed: %s", provider.slug, exc)
             _mark_asked([r[1] for r in rows], now)
             return  # nothing applied; the records stay pending for the next cycle
-        failed = _apply_isolated(provider, parsed.costs, now, result)
+        suspects = {r[2] for r in rows if r[3].startswith(APPLY_FAILED)}
+        failed = _apply_isolated(provider, parsed.costs, now, result, suspects)
         invalid = {**parsed.invalid, **failed}
         if invalid:
             _mark_invalid(provider, invalid)

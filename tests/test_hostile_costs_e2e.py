@@ -138,7 +138,17 @@ def test_a_hostile_cost_for_some_ids_of_a_batch_does_not_stop_the_others_being_c
         done = wait_for(settled, timeout_s=120, every_s=0.1)
         elapsed = time.monotonic() - started
         log = worker.log.read_text(errors="replace")
-        assert done, log[-4000:]
+        if not done:  # say everything that decides `settled`
+            states = list(
+                UsageRecord.objects.filter(request_id__in=ids).values_list(
+                    "request_id", "state", "cost_error"
+                )
+            )
+            health = ProviderBillingHealth.objects.filter(provider=provider).values().first()
+            pytest.fail(
+                f"not settled: good={len(good)} bad={bad} health={health}\n"
+                f"records={states}\nworker log:\n{log}"
+            )
 
     assert elapsed < POLL_BOUND_S, f"the poll took {elapsed:.1f} s"
     assert re.search(r"cost_poll_provider\[[^\]]+\] succeeded in", log), log[-4000:]

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import close_old_connections, connection, transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -155,6 +156,29 @@ def test_defect_2_a_batch_that_fails_to_apply_is_bisected_and_the_poll_goes_on(p
     health = ProviderBillingHealth.objects.get(provider=provider)
     assert health.invalid_costs_total == 1
     assert "DataError" in health.last_error
+    assert invariant_violations() == []
+
+
+def test_a_record_that_always_fails_to_apply_cannot_use_up_the_bisection_budget(
+    provider, settings, monkeypatch
+):
+    """Found by review: a few records whose cost fails to apply every time used the whole
+    bisection budget of every poll, and the healthy records of their batch, never reached,
+    expired unbilled. A record that failed alone is applied on its own next time."""
+    settings.BILLING_REVIEW_MIN_NANOUSD = 100 * USD
+    overflowing = payer_for_new_user(plan="free")
+    _payg_near_the_bigint_floor(overflowing)
+    doomed = pending(provider, 1, payer=overflowing, age_s=500)
+    endpoint = CostEndpoint(lambda asked: answer({i: 10 * USD for i in asked}))
+    polling.cost_poll_provider(provider=provider, client=endpoint.client())
+    assert record(doomed[0]).cost_error.startswith(polling.APPLY_FAILED)
+
+    monkeypatch.setattr(polling, "APPLY_ATTEMPTS_MAX", 1)  # one try for the batch, no halves
+    healthy = pending(provider, 5, age_s=400)
+    result = polling.cost_poll_provider(provider=provider, client=endpoint.client())
+
+    assert states(healthy) == dict.fromkeys(healthy, UsageState.BILLED)
+    assert result.billed == 5 and record(doomed[0]).state == UsageState.PENDING
     assert invariant_violations() == []
 
 
@@ -360,3 +384,30 @@ def test_two_polls_of_one_provider_never_overlap(provider):
     # The lock is released: the next poll runs (and finds nothing left to ask).
     third = polling.cost_poll_provider(provider=provider, client=endpoint.client())
     assert third.skipped == "" and states(ids) == dict.fromkeys(ids, UsageState.BILLED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_interrupted_while_unlocking_does_not_keep_the_provider_locked(provider):
+    """Found by review: a soft time limit firing inside the unlock left the session-level
+    lock on a pooled connection, and every later poll of the provider was skipped. The
+    session is ended instead, which releases the lock."""
+    pending(provider, 1)
+
+    def interrupt_unlock(execute, sql, params, many, context):
+        if "pg_advisory_unlock" in sql:
+            raise SoftTimeLimitExceeded()
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(interrupt_unlock), pytest.raises(SoftTimeLimitExceeded):
+        polling.cost_poll_provider(provider=provider, client=CostEndpoint().client())
+
+    # Another session (another worker) can take the provider's lock.
+    other = connection.copy()
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", [polling.POLL_LOCK_NAMESPACE, provider.pk]
+            )
+            assert cursor.fetchone()[0] is True
+    finally:
+        other.close()
