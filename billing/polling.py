@@ -19,11 +19,16 @@ Each batch is applied by `services.cost_batch_apply` (its own transaction, commi
 the next batch is asked for). A batch that fails to apply is bisected: the healthy halves are
 applied, a single failing ID is marked invalid with the error, and the poll goes on.
 
+A record whose cost failed to apply alone is applied alone in later polls, outside the
+bisection budget.
+
 One poll per provider at a time (a PostgreSQL advisory lock). The `failed_to_bill` window
 (`BILLING_FAILED_AFTER_S`) counts from when the provider was first asked about a record
-(`first_asked_at`, written before the question is sent); records are expired after the poll,
-so nothing becomes `failed_to_bill` without having been asked, unless it cannot be asked at
-all (a provider without a cost URL: then the window counts from `recorded_at`).
+(`first_asked_at`, written for the records a batch leaves pending). A poll first expires the
+records first asked a window ago (the limits check stops counting them at that same moment,
+so nothing it stopped counting is charged), then asks about the rest: nothing becomes
+`failed_to_bill` without having been asked, unless it cannot be asked at all (a provider
+without a cost URL: then the window counts from `recorded_at`).
 """
 
 from __future__ import annotations

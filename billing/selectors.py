@@ -82,7 +82,7 @@ INVARIANTS = [
         "WITH r AS (SELECT t.id, t.billing_account_id AS payer, c.id AS charge_id, "
         " c.billing_account_id AS charge_payer FROM billing_ledgertransaction t "
         " LEFT JOIN billing_ledgertransaction c ON c.kind = %(charge)s "
-        "  AND c.id = substring(t.idempotency_key FROM '^refund:([0-9]{1,18})$')::bigint "
+        "  AND c.id = substring(t.idempotency_key FROM '^refund:([1-9][0-9]{0,17})$')::bigint "
         " WHERE t.kind = %(refund)s) "
         "SELECT r.id, 'account ' || e.account_id || ' off by ' || sum(e.amount_nanousd) "
         "FROM r JOIN billing_ledgerentry e ON e.transaction_id IN (r.id, r.charge_id) "
@@ -91,7 +91,11 @@ INVARIANTS = [
         "UNION ALL SELECT r.id, 'refunds no charge' FROM r WHERE r.charge_id IS NULL "
         "UNION ALL SELECT r.id, 'payer ' || coalesce(r.payer::text, 'none') || ', its charge''s "
         "' || coalesce(r.charge_payer::text, 'none') FROM r "
-        "WHERE r.charge_id IS NOT NULL AND r.payer IS DISTINCT FROM r.charge_payer",
+        "WHERE r.charge_id IS NOT NULL AND r.payer IS DISTINCT FROM r.charge_payer "
+        # Once per charge, under its one key (`refund:<charge id>`, no leading zero).
+        "UNION ALL SELECT min(r.id), 'charge ' || r.charge_id || ' refunded ' || count(*) "
+        "|| ' times' FROM r WHERE r.charge_id IS NOT NULL GROUP BY r.charge_id "
+        "HAVING count(*) > 1",
     ),
     (
         # Every leg on a payer's pool (included, prepaid, pay-as-you-go) is in a transaction of

@@ -72,12 +72,12 @@ BEGIN
         RAISE EXCEPTION 'ledger transaction % is already posted: entries are written with their transaction', bad.transaction_id
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    SELECT e.transaction_id, sum(e.amount_nanousd) <> 0 AS unbalanced INTO bad
+    SELECT e.transaction_id, sum(e.amount_nanousd)::numeric <> 0::numeric AS unbalanced INTO bad
     FROM billing_ledgerentry e
     JOIN (SELECT transaction_id, count(*) AS legs FROM new_entries GROUP BY transaction_id) n
         ON n.transaction_id = e.transaction_id
     GROUP BY e.transaction_id, n.legs
-    HAVING sum(e.amount_nanousd) <> 0 OR count(*) <> n.legs
+    HAVING sum(e.amount_nanousd)::numeric <> 0::numeric OR count(*) <> n.legs
     LIMIT 1;
     IF FOUND AND bad.unbalanced THEN
         RAISE EXCEPTION 'ledger transaction % does not sum to zero', bad.transaction_id
@@ -88,7 +88,8 @@ BEGIN
     END IF;
     UPDATE billing_ledgeraccount a
     SET balance_nanousd = a.balance_nanousd + d.delta
-    FROM (SELECT account_id, sum(amount_nanousd) AS delta FROM new_entries GROUP BY account_id) d
+    FROM (SELECT account_id, sum(amount_nanousd)::bigint AS delta
+          FROM new_entries GROUP BY account_id) d
     WHERE a.id = d.account_id;
     RETURN NULL;
 END $$;
@@ -163,6 +164,22 @@ CREATE TRIGGER billing_ledgerentry_no_truncate
     BEFORE TRUNCATE ON billing_ledgerentry
     FOR EACH STATEMENT EXECUTE FUNCTION billing_ledger_no_truncate();
 
+-- Who a payer is never changes: its pools (and their money) belong to that owner. Moving a
+-- billing account to another user or organization would move its whole ledger with it.
+CREATE FUNCTION billing_payer_identity_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'billing account %: its owner never changes', OLD.id
+        USING ERRCODE = 'integrity_constraint_violation';
+END $$;
+
+CREATE TRIGGER billing_payer_identity_guard
+    BEFORE UPDATE OF id, user_id, organization_id ON billing_billingaccount
+    FOR EACH ROW
+    WHEN (OLD.id <> NEW.id
+          OR OLD.user_id IS DISTINCT FROM NEW.user_id
+          OR OLD.organization_id IS DISTINCT FROM NEW.organization_id)
+    EXECUTE FUNCTION billing_payer_identity_guard();
+
 -- A SECURITY DEFINER function resolves names in a fixed path: this schema, then pg_temp last,
 -- so no session can slip its own billing_ledgeraccount in front.
 DO $$ BEGIN
@@ -174,6 +191,8 @@ END $$;
 """
 
 REVERSE_SQL = """
+DROP TRIGGER billing_payer_identity_guard ON billing_billingaccount;
+DROP FUNCTION billing_payer_identity_guard();
 DROP TRIGGER billing_ledgerentry_no_truncate ON billing_ledgerentry;
 DROP TRIGGER billing_ledgertransaction_no_truncate ON billing_ledgertransaction;
 DROP TRIGGER billing_ledgeraccount_no_truncate ON billing_ledgeraccount;
@@ -229,7 +248,8 @@ BEGIN
     PERFORM set_config('billing.posting', 'on', true);
     UPDATE billing_ledgeraccount a
     SET balance_nanousd = a.balance_nanousd + d.delta
-    FROM (SELECT account_id, sum(amount_nanousd) AS delta FROM new_entries GROUP BY account_id) d
+    FROM (SELECT account_id, sum(amount_nanousd)::bigint AS delta
+          FROM new_entries GROUP BY account_id) d
     WHERE a.id = d.account_id;
     PERFORM set_config('billing.posting', 'off', true);
     RETURN NULL;
@@ -268,6 +288,16 @@ def grant_application_privileges(apps, schema_editor):
         f"GRANT UPDATE (id) ON billing_ledgeraccount TO {app}",
     ):
         schema_editor.execute(statement)
+    # No one but the owner creates objects in the schema (PostgreSQL 14 and older let everyone
+    # create in `public`: an operator of the application's own could then be picked inside the
+    # SECURITY DEFINER posting function). Refused when the owner does not own the schema: say
+    # so, the operator revokes it (docs/operations.md).
+    schema_editor.execute(
+        "DO $$ BEGIN EXECUTE format('REVOKE CREATE ON SCHEMA %%I FROM PUBLIC', "
+        "current_schema()); EXCEPTION WHEN insufficient_privilege THEN RAISE WARNING "
+        "'0007_ledger_guard: revoke CREATE on schema %% from PUBLIC as its owner', "
+        "current_schema(); END $$"
+    )
 
 
 class Migration(migrations.Migration):

@@ -201,9 +201,10 @@ def credits_expire_closed(
 ) -> int:
     """Closes each month whose billing has closed and expires what is left of its included
     credits; returns how many months it closed. A month M closes once `month_closes_at(M)`
-    has passed and the payer has no request of M or earlier still pending (a charge of M is
-    paid from M's credits, whenever it is polled). The expiry (`expiry:<payer>:<YYYY-MM>`,
-    period M) is posted even when nothing is left: it marks the month closed.
+    has passed and the payer has no request of M or earlier still pending or held for review
+    (a charge of M is paid from M's credits, whenever it is polled or approved). The expiry
+    (`expiry:<payer>:<YYYY-MM>`, period M) is posted even when nothing is left: it marks the
+    month closed.
 
     What expires is everything in the included pool that does not belong to a later month
     still open (their remainders are kept whole): M's own remainder, and credit a refund gave
@@ -225,8 +226,12 @@ def credits_expire_closed(
         cursor.execute(
             "SELECT q.payer, q.period FROM unnest(%s::bigint[], %s::date[]) AS q(payer, period) "
             "WHERE NOT EXISTS (SELECT 1 FROM billing_usagerecord u WHERE u.payer_id = q.payer "
-            "AND u.state = %s AND u.created_at < (q.period + interval '1 month'))",
-            [[p for p, _ in candidates], [d for _, d in candidates], UsageState.PENDING],
+            "AND u.state = ANY(%s) AND u.created_at < (q.period + interval '1 month'))",
+            [
+                [p for p, _ in candidates],
+                [d for _, d in candidates],
+                [UsageState.PENDING, UsageState.HELD],
+            ],
         )
         closable = sorted(cursor.fetchall())
     if not closable:

@@ -54,6 +54,7 @@ def books() -> dict:
         "record": records[1].pk,
         "charge": records[1].charge_id,
         "charge2": records[2].charge_id,
+        "refunded_charge": records[0].charge_id,
     }
 
 
@@ -158,3 +159,23 @@ def test_the_database_accepts_a_refund_that_only_billing_check_catches(books):
     assert status == 1
     assert "VIOLATION refund is not its charge negated:" in report
     assert report.count("VIOLATION") == 2  # one account off by one, the other by minus one
+
+
+def test_a_second_refund_of_a_charge_under_another_key_is_caught(books):
+    """Found by review: `refund:0<charge id>` passed the unique key and, being the charge
+    negated exactly, every per-refund check; the payer was refunded twice."""
+    with contextlib.suppress(Rollback), transaction.atomic():
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                "WITH t AS (INSERT INTO billing_ledgertransaction (kind, idempotency_key, "
+                "billing_account_id, actor, memo, created_at) VALUES ('refund', "
+                "'refund:0' || %(refunded_charge)s, %(victim)s, 'x', 'x', now()) RETURNING id) "
+                "INSERT INTO billing_ledgerentry (transaction_id, account_id, amount_nanousd) "
+                "SELECT t.id, e.account_id, -e.amount_nanousd FROM t, billing_ledgerentry e "
+                "WHERE e.transaction_id = %(refunded_charge)s",
+                books,
+            )
+        status, report = check()
+        raise Rollback
+    assert status == 1
+    assert "VIOLATION refund is not its charge negated:" in report

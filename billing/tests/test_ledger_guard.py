@@ -119,6 +119,24 @@ def test_defect_8_a_pool_cannot_be_moved_to_another_payer(ledger):
     assert prepaid.billing_account_id != ledger.thief_payer.pk
 
 
+def test_defect_8_a_payer_cannot_be_handed_to_another_owner(ledger):
+    """Found by review: moving the victim's billing account to the thief's user moved its
+    whole ledger ($100 prepaid) with it, and billing_check saw nothing wrong."""
+    victim_payer = ledger.victim[AccountKind.PREPAID].billing_account
+    thief_user = ledger.thief_payer.user_id
+    assert "its owner never changes" in refused(
+        "UPDATE billing_billingaccount SET user_id = %s WHERE id = %s",
+        [thief_user, victim_payer.pk],
+    )
+    # Swapping two payers' owners (through a third value) is refused at the first step too.
+    assert "its owner never changes" in refused(
+        "UPDATE billing_billingaccount SET user_id = NULL, organization_id = NULL WHERE id = %s",
+        [victim_payer.pk],
+    )
+    victim_payer.refresh_from_db()
+    assert victim_payer.user_id != thief_user
+
+
 def test_defect_8_a_pools_kind_cannot_be_changed(ledger):
     payg = ledger.victim[AccountKind.PAYG]
     assert PERMISSION_DENIED in refused(

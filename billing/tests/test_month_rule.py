@@ -178,3 +178,31 @@ def test_credit_a_refund_gives_back_to_a_closed_month_expires_with_the_next_clos
 
     assert pools(payer)["included"] == MONTHLY  # March's whole, nothing stray left
     assert invariant_violations() == []
+
+
+@pytest.mark.django_db
+def test_a_month_with_a_cost_held_for_review_stays_open_until_it_is_decided(provider):
+    """Found by review: January closed while a January cost was held; approved later, it was
+    paid from pay-as-you-go instead of January's credit."""
+    old, new = datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    payer = payer_for_new_user(plan="pro")
+    services.credits_ensure_month(billing_account=payer, now=old)
+    record = pending_usage(
+        provider=provider, payer=payer, request_id="held", created_at=new - timedelta(seconds=30)
+    )
+    UsageRecord.objects.filter(pk=record.pk).update(estimated_cost_nanousd=1_000_000)
+    services.cost_batch_apply(
+        provider=provider, costs={"held": COST}, now=new + timedelta(minutes=1)
+    )
+    record.refresh_from_db()
+    assert record.state == "held"
+    services.credits_ensure_month(billing_account=payer, now=new + 2 * CLOSE)
+    assert pools(payer)["included"] == 2 * MONTHLY  # January still open
+
+    services.held_costs_approve(
+        usage_records=[record], actor="finance", memo="checked", now=new + 2 * CLOSE
+    )
+    services.credits_ensure_month(billing_account=payer, now=new + 3 * CLOSE)
+
+    assert pools(payer) == {"included": MONTHLY, "prepaid": 0, "payg": 0}
+    assert platform(AccountKind.CREDITS_EXPIRED) == MONTHLY - COST
