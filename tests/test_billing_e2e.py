@@ -14,20 +14,10 @@ from billing import services
 from billing.models import AccountKind, LedgerTransaction, UsageRecord
 from billing.selectors import invariant_violations
 from billing.tasks import credits_ensure_month_all
-from registry.tests.factories import ProviderFactory
 from simulator.costs import cost_nanousd
 from testsupport.processes import celery_processes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def provider(simulator_url):
-    slug = f"sim-{uuid.uuid4().hex[:8]}"
-    base = f"{simulator_url}/{slug}"
-    return ProviderFactory(
-        slug=slug, base_url=base, cost_url=f"{base}/costs", api_key=f"sim-{slug}-key"
-    )
 
 
 def records(provider, payer, user, count: int) -> list[str]:

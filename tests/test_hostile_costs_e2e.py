@@ -21,7 +21,6 @@ from billing import services
 from billing.models import LedgerTransaction, ProviderBillingHealth, UsageRecord, UsageState
 from billing.selectors import invariant_violations
 from billing.tasks import cost_poll_provider
-from registry.tests.factories import ProviderFactory
 from simulator.costs import affected, cost_nanousd
 from testsupport.processes import celery_processes, wait_for
 
@@ -37,15 +36,6 @@ REASONS = {
     "huge_exponent": r"exponent",
     "deep": r"nested deeper|not a number",
 }
-
-
-@pytest.fixture
-def provider(simulator_url):
-    slug = f"sim-{uuid.uuid4().hex[:8]}"
-    base = f"{simulator_url}/{slug}"
-    return ProviderFactory(
-        slug=slug, base_url=base, cost_url=f"{base}/costs", api_key=f"sim-{slug}-key"
-    )
 
 
 def set_faults(simulator_url: str, slug: str, **switches) -> None:

@@ -17,20 +17,10 @@ from billing import polling, services
 from billing.models import LedgerTransaction, UsageRecord
 from billing.tasks import cost_poll_provider
 from billing.tests.factories import payer_for_new_user
-from registry.tests.factories import ProviderFactory
 from simulator.costs import cost_nanousd
 from testsupport.processes import CeleryProcess, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def provider(simulator_url):
-    slug = f"sim-{uuid.uuid4().hex[:8]}"
-    base = f"{simulator_url}/{slug}"
-    return ProviderFactory(
-        slug=slug, base_url=base, cost_url=f"{base}/costs", api_key=f"sim-{slug}-key"
-    )
 
 
 def pending_records(provider, count: int) -> list[str]:
