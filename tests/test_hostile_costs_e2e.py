@@ -53,7 +53,9 @@ def batch_ids(slug: str, select: str) -> tuple[list[str], list[str]]:
     `prefix`: exactly one bad ID (`sim-<slug>-bad-...`) in the middle of the batch;
     `fraction`: three IDs hit by `hostile_cost_fraction=0.1`, spread through the batch."""
     if select == "prefix":
-        good = [f"sim-{slug}-{uuid.uuid4().hex[:24]}" for _ in range(BATCH - 1)]
+        # `ok-` first: a random hex ID starting `bad` would match the hostile prefix too (one
+        # batch in about eighty did, and the test failed for it).
+        good = [f"sim-{slug}-ok-{uuid.uuid4().hex[:21]}" for _ in range(BATCH - 1)]
         bad = [f"sim-{slug}-bad-{uuid.uuid4().hex[:20]}"]
         return [*good[:25], *bad, *good[25:]], bad
     candidates = [f"sim-{slug}-{n:024x}" for n in range(200)]
