@@ -1,4 +1,5 @@
-"""Placeholder for cost polling (filled in by the work on issue 11)."""
+"""No schema change. Reserved for the poller's part of issue 11, which needed none (its fields,
+`first_asked_at` and `recorded_at`, came with 0006); kept so 0009 keeps its parent."""
 
 from django.db import migrations
 
