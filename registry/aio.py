@@ -87,16 +87,15 @@ _CANDIDATE_COLUMNS = """
     m.throughput_tps, m.first_token_latency_ms, m.context_length
 """
 # The highest published prices of the hub model `hm` over all the chat mappings that apply to
-# it (any provider, any state).
+# it (any provider, any state): one scan of them, joined once per hub model.
 _MAX_PRICES = """
-    (SELECT max(x.input_price_nanousd_per_mtok) FROM registry_mapping x
-      WHERE x.task = %(task)s AND ((x.type = %(single_model)s AND x.hub_model_id = hm.id)
-            OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags)))
-        AS max_input_price_nanousd_per_mtok,
-    (SELECT max(x.output_price_nanousd_per_mtok) FROM registry_mapping x
-      WHERE x.task = %(task)s AND ((x.type = %(single_model)s AND x.hub_model_id = hm.id)
-            OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags)))
-        AS max_output_price_nanousd_per_mtok
+LEFT JOIN LATERAL (
+    SELECT max(x.input_price_nanousd_per_mtok) AS max_input_price_nanousd_per_mtok,
+           max(x.output_price_nanousd_per_mtok) AS max_output_price_nanousd_per_mtok
+    FROM registry_mapping x
+    WHERE x.task = %(task)s AND ((x.type = %(single_model)s AND x.hub_model_id = hm.id)
+          OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags))
+) mp ON true
 """
 # Every conversational mapping of an active provider with a cost URL (one without could never
 # bill its requests: not routable) that applies to the model: its own single-model mappings
@@ -104,8 +103,9 @@ _MAX_PRICES = """
 # decided per request). No row for an unknown model; one row with NULL candidate columns for
 # a known model that nothing serves.
 _MODEL_CANDIDATES_SQL = f"""
-SELECT hm.model_id AS hub_model_id, {_MAX_PRICES}, c.*
+SELECT hm.model_id AS hub_model_id, mp.*, c.*
 FROM registry_hubmodel hm
+{_MAX_PRICES}
 LEFT JOIN LATERAL (
     SELECT {_CANDIDATE_COLUMNS}
     FROM registry_mapping m JOIN registry_provider p ON p.id = m.provider_id
@@ -117,10 +117,11 @@ WHERE hm.model_id = %(model_id)s
 """  # noqa: S608 (constants only)
 # The named-provider route: the body's `model` is the provider's own model id.
 _PROVIDER_MODEL_CANDIDATES_SQL = f"""
-SELECT coalesce(hm.model_id, '') AS hub_model_id, {_MAX_PRICES}, {_CANDIDATE_COLUMNS}
+SELECT coalesce(hm.model_id, '') AS hub_model_id, mp.*, {_CANDIDATE_COLUMNS}
 FROM registry_mapping m
 JOIN registry_provider p ON p.id = m.provider_id
 LEFT JOIN registry_hubmodel hm ON hm.id = m.hub_model_id
+{_MAX_PRICES}
 WHERE m.provider_id = %(provider_id)s AND m.provider_model = %(provider_model)s
   AND m.task = %(task)s
 """  # noqa: S608 (constants only)
