@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.db import connections
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet, Sum
@@ -168,6 +168,11 @@ def period_of(moment: datetime) -> date:
     """The first day of the calendar month (UTC) containing `moment`: a ledger transaction's
     `period`, the month its money belongs to."""
     return month_bounds(moment)[0].date()
+
+
+def period_start(period: date) -> datetime:
+    """The first instant (UTC) of a period."""
+    return datetime.combine(period, time(), tzinfo=UTC)
 
 
 def label_of(period: date) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -33,7 +33,7 @@ from billing.models import (
     TransactionKind,
     UsageState,
 )
-from billing.selectors import period_of
+from billing.selectors import period_of, period_start
 from billing.services.accounts import (
     accounts_lock,
     platform_account_get_or_create,
@@ -274,7 +274,7 @@ def _charge(
     # The included credits each (payer, month) may still use: a month that is not open (never
     # granted, or expired) has none; the only open month has the whole pool; with several
     # open months (the half hour after a month's end) each has what is left of its own.
-    opened = open_periods(payer_ids, now=max(now, *(_start(r.period) for r in rows)))
+    opened = open_periods(payer_ids, now=max(now, *(period_start(r.period) for r in rows)))
     several = sorted({(p, d) for p, periods in opened.items() if len(periods) > 1 for d in periods})
     left = included_left(several)
     running = {
@@ -325,7 +325,3 @@ def _charge(
     result.billed = len(charged)
     result.charged_nanousd = sum(cost for _, cost, _ in charged)
     result.payers = set(payer_ids)
-
-
-def _start(period: date) -> datetime:
-    return datetime.combine(period, time(), tzinfo=UTC)

@@ -14,7 +14,7 @@ ever granted.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -36,6 +36,7 @@ from billing.selectors import (
     monthly_credit_nanousd_get,
     oldest_open_period,
     period_of,
+    period_start,
 )
 from billing.services.accounts import (
     accounts_lock,
@@ -82,7 +83,7 @@ def credits_grant_month_due(
     expires nothing: each month's credits expire on their own once the month's billing window
     has closed (`credits_expire_closed`). Posted under the locks of the included pools and the
     platform's granted account (global order, `accounts_lock`; `locked=True` when the caller
-    already holds them), with a per-month idempotency key, so running this any number of
+    already holds them, having ensured the accounts' pools), with a per-month idempotency key, so running this any number of
     times, concurrently or late, grants once per month. A fixed number of statements.
     """
     now = now or timezone.now()
@@ -96,7 +97,8 @@ def credits_grant_month_due(
 
     if not due():
         return 0
-    pools_ensure(*by_id.values())
+    if not locked:  # a caller holding the locks has ensured the pools it locked
+        pools_ensure(*by_id.values())
     included = dict(
         LedgerAccount.objects.filter(
             billing_account_id__in=list(by_id), kind=AccountKind.INCLUDED
@@ -189,7 +191,7 @@ def included_left(pairs: Sequence[tuple[int, date]]) -> dict[tuple[int, date], i
 def month_closes_at(period: date) -> datetime:
     """When a month's included credits may expire: its end plus the failed-to-bill window and
     the poll lag (and then only once the payer has no request of that month still pending)."""
-    end = month_bounds(datetime.combine(period, time(), tzinfo=UTC))[1]
+    end = month_bounds(period_start(period))[1]
     return end + timedelta(
         seconds=settings.BILLING_FAILED_AFTER_S + settings.BILLING_CREDITS_CLOSE_LAG_S
     )
