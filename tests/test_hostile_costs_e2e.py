@@ -30,6 +30,7 @@ BATCH = 50
 ESTIMATE = 2_001_000  # the most a simulator cost can be: a realistic upper-bound estimate
 POLL_BOUND_S = 20.0  # enqueue to billed; generous, not a benchmark (a stalled parse is ~43 s+)
 # What `cost_error` must say, per kind (BILLING_COST_MAX_NANOUSD is $1,000 = 10**12).
+SUCCEEDED = re.compile(r"cost_poll_provider\[[^\]]+\] succeeded in")
 REASONS = {
     "overflow": r"above the cap",  # 2**63 nano-USD
     "absurd": r"above the cap",  # 10**17 nano-USD = $100M: invalid, not held nor charged
@@ -129,6 +130,8 @@ def test_a_hostile_cost_for_some_ids_of_a_batch_does_not_stop_the_others_being_c
         cost_poll_provider.delay(provider.pk)
         done = wait_for(settled, timeout_s=120, every_s=0.1)
         elapsed = time.monotonic() - started
+        # The worker logs the task's end just after its last commit: wait for the line too.
+        wait_for(lambda: SUCCEEDED.search(worker.log.read_text(errors="replace")), 30)
         log = worker.log.read_text(errors="replace")
         if not done:  # say everything that decides `settled`
             states = list(
@@ -143,7 +146,7 @@ def test_a_hostile_cost_for_some_ids_of_a_batch_does_not_stop_the_others_being_c
             )
 
     assert elapsed < POLL_BOUND_S, f"the poll took {elapsed:.1f} s"
-    assert re.search(r"cost_poll_provider\[[^\]]+\] succeeded in", log), log[-4000:]
+    assert SUCCEEDED.search(log), log[-4000:]
     assert sim_stats(simulator_url, provider.slug)["cost_requests"] == 1  # one poll, one ask
     # Every other ID: billed, its exact simulator cost, one charge each.
     billed = dict(
