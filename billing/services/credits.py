@@ -83,8 +83,9 @@ def credits_grant_month_due(
     expires nothing: each month's credits expire on their own once the month's billing window
     has closed (`credits_expire_closed`). Posted under the locks of the included pools and the
     platform's granted account (global order, `accounts_lock`; `locked=True` when the caller
-    already holds them, having ensured the accounts' pools), with a per-month idempotency key, so running this any number of
-    times, concurrently or late, grants once per month. A fixed number of statements.
+    already holds them, having ensured the accounts' pools), with a per-month idempotency
+    key, so running this any number of times, concurrently or late, grants once per month. A
+    fixed number of statements.
     """
     now = now or timezone.now()
     period = month or period_of(now)
