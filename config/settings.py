@@ -218,6 +218,10 @@ ROUTER_CONNECT_TIMEOUT_S = env.float("ROUTER_CONNECT_TIMEOUT_S", default=10.0)
 ROUTER_READ_TIMEOUT_S = env.float("ROUTER_READ_TIMEOUT_S", default=120.0)  # between bytes
 ROUTER_MAX_ATTEMPTS = env.int("ROUTER_MAX_ATTEMPTS", default=3)  # the first try + 2 fail-overs
 ROUTER_MAX_BODY_BYTES = env.int("ROUTER_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+# Networks (CIDR) that provider URLs may point into although they are not on the internet
+# (loopback, private, link-local...; core/netguard.py). Empty in production; `make run` and
+# `make test` allow loopback, where the provider simulator runs.
+UPSTREAM_ALLOWED_NETWORKS = env.list("UPSTREAM_ALLOWED_NETWORKS", default=[])
 # Spending limits: the upper bound a bounded payer reserves before a request is forwarded
 # (docs/billing.md "Spending limits: the bound"). Completion tokens when the body sets no
 # max_tokens and the mapping has no context length:

@@ -92,6 +92,9 @@ END $$;
 """  # noqa: S608 (our constants, no input)
 
 
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"  # provider URLs allowed there (the simulator)
+
+
 def say(message: str) -> None:
     # A closed terminal or pipe must not abort a shutdown half-way.
     with contextlib.suppress(OSError):
@@ -443,6 +446,7 @@ def cmd_run(_args: argparse.Namespace) -> int:
         **local,
         **os.environ,
         "SIMULATOR_URL": f"http://127.0.0.1:{sim_port}",
+        "UPSTREAM_ALLOWED_NETWORKS": os.environ.get("UPSTREAM_ALLOWED_NETWORKS", LOOPBACK_NETWORKS),
         **urls,
         "REDIS_URL": redis.url,
         "DATA_DIR": str(data_dir),
@@ -569,6 +573,7 @@ def throwaway_services():
         "SECRET_KEY": "test-secret-key-not-for-production",
         "FIELD_ENCRYPTION_KEY": "test-field-encryption-key-not-for-production",
         "DEBUG": "false",
+        "UPSTREAM_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,  # the provider simulator
     }
     try:
         with Services(pg, redis):
