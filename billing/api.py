@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import django_filters
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -100,11 +100,16 @@ class LedgerEntrySerializer(serializers.Serializer):
     amount_nanousd = serializers.IntegerField()
 
 
+@extend_schema_field({"type": "string", "pattern": r"^\d{4}-\d{2}$", "nullable": True})
+class MonthField(serializers.DateField):
+    """A month as `YYYY-MM` (a date field with that format: the schema says so, not `date`)."""
+
+
 class LedgerTransactionSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     kind = serializers.CharField()
     createdAt = serializers.DateTimeField(source="created_at")
-    month = serializers.DateField(
+    month = MonthField(
         source="period",
         format="%Y-%m",
         allow_null=True,
@@ -202,16 +207,22 @@ class UsageRecordSerializer(serializers.Serializer):
 
 
 class StaffWriter(BasePermission):
-    """Staff users with a token that can write (or an admin session)."""
+    """Staff users allowed to add usage records (`billing.add_usagerecord`; a view-only staff
+    user is refused), with a `write` token or an admin session (a fine-grained token names no
+    permission for this)."""
 
-    message = "Ingesting usage records needs a staff account and a write token."
+    message = (
+        "Ingesting usage records needs a staff account with the 'add usage record' permission "
+        "and a write token."
+    )
 
     def has_permission(self, request, view) -> bool:
         token = request_token(request)
         return bool(
             request.user.is_authenticated
             and request.user.is_staff
-            and (token is None or token.role != TokenRole.READ)
+            and request.user.has_perm("billing.add_usagerecord")
+            and (token is None or token.role == TokenRole.WRITE)
         )
 
 

@@ -12,6 +12,7 @@ from accounts.tests.factories import (
 )
 from billing.models import UsageRecord
 from billing.services import payer_resolve
+from billing.tests.factories import usage_ingester
 from core.errors import DomainError
 from registry.tests.factories import ProviderFactory
 
@@ -29,7 +30,7 @@ def world():
     free_org = OrganizationFactory(name="hobby", plan="free")
     MembershipFactory(user=dev, organization=free_org, role=Role.ADMIN)
     OrganizationFactory(name="other", plan="enterprise")
-    staff = UserFactory(username="router-service", is_staff=True)
+    staff = usage_ingester(username="router-service")
     return {"dev": dev, "acme": acme, "staff_token": token_for(staff, "write")}
 
 
@@ -120,4 +121,19 @@ def test_only_staff_with_a_write_token_may_ingest(api_client, world):
     assert api_client.post(URL, body, format="json", **bearer(user_token)).status_code == 403
     staff_read = token_for(UserFactory(username="ops", is_staff=True), "read")
     assert api_client.post(URL, body, format="json", **bearer(staff_read)).status_code == 403
+    assert UsageRecord.objects.count() == 0
+
+
+def test_staff_without_the_add_permission_or_with_a_fine_grained_token_may_not_ingest(
+    api_client, world
+):
+    """Least privilege (issue 12): being staff is not enough; ingesting creates billable
+    usage, so it needs `billing.add_usagerecord` and a full write token."""
+    body = {"records": [record()]}
+    view_only = token_for(UserFactory(username="viewer", is_staff=True), "write")
+    response = api_client.post(URL, body, format="json", **bearer(view_only))
+    assert response.status_code == 403
+    assert "add usage record" in response.json()["error"]
+    fine = token_for(usage_ingester(username="svc"), "fine-grained", ["inference.serverless.write"])
+    assert api_client.post(URL, body, format="json", **bearer(fine)).status_code == 403
     assert UsageRecord.objects.count() == 0
