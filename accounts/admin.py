@@ -1,6 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from accounts import services
 from accounts.models import (
@@ -134,7 +138,8 @@ class AccessTokenAddForm(forms.ModelForm):
 
 @admin.register(AccessToken)
 class AccessTokenAdmin(admin.ModelAdmin):
-    """Tokens are created through the service; the secret is shown once, in a message."""
+    """Tokens are created through the service; the secret is shown once, on the page that
+    answers the POST."""
 
     list_display = ("name", "user", "role", "token_prefix", "created_at", "last_used_at", "state")
     list_filter = ("role", ("revoked_at", admin.EmptyFieldListFilter))
@@ -183,13 +188,31 @@ class AccessTokenAdmin(admin.ModelAdmin):
             messages.error(request, exc.message)
             return
         obj.pk, obj.token_prefix, obj.created_at = token.pk, token.token_prefix, token.created_at
-        messages.warning(
-            request,
-            f"Token created: {secret} — copy it now, it will not be shown again.",
-        )
+        obj.new_secret = secret  # for response_add only; never stored, never in a message
 
-    @admin.action(description="Revoke selected tokens")
+    def response_add(self, request, obj, post_url_continue=None):
+        """The secret is shown once, on the page answering the POST (not stored): a message
+        would carry it in the messages cookie, which is signed but not encrypted."""
+        secret = getattr(obj, "new_secret", None)
+        if secret is None:  # the service refused (its message is queued): back to the list
+            return HttpResponseRedirect(reverse("admin:accounts_accesstoken_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Access token created",
+            "token": obj,
+            "secret": secret,
+        }
+        response = TemplateResponse(request, "admin/accounts/accesstoken/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request, queryset):
+        # Needs the change permission: Django neither lists nor runs the action for a
+        # view-only staff user; checked again here, defensively.
+        if not self.has_change_permission(request):
+            raise PermissionDenied
         active = list(queryset.filter(revoked_at__isnull=True))
         for token in active:
             services.access_token_revoke(token=token)

@@ -17,6 +17,7 @@ from accounts.permissions import (
     token_permission,
 )
 from core.errors import DomainError, Kind
+from core.openapi import LINK_HEADER, error_response, id_parameter, limit_parameter
 from core.pagination import decode_cursor, next_link, parse_limit
 from core.serializers import StrictSerializer
 
@@ -106,8 +107,8 @@ class WhoAmIView(APIView):
 class AccessTokenSerializer(serializers.ModelSerializer):
     prefix = serializers.CharField(source="token_prefix")
     createdAt = serializers.DateTimeField(source="created_at")
-    lastUsedAt = serializers.DateTimeField(source="last_used_at")
-    revokedAt = serializers.DateTimeField(source="revoked_at")
+    lastUsedAt = serializers.DateTimeField(source="last_used_at", allow_null=True)
+    revokedAt = serializers.DateTimeField(source="revoked_at", allow_null=True)
 
     class Meta:
         model = AccessToken
@@ -161,7 +162,9 @@ class AccessTokenListView(APIView):
     def post(self, request):
         body = AccessTokenCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        token, secret = services.access_token_create(user=request.user, **body.validated_data)
+        token, secret = services.access_token_create(
+            user=request.user, created_with=request_token(request), **body.validated_data
+        )
         token.token = secret
         return Response(AccessTokenCreatedSerializer(token).data, status=status.HTTP_201_CREATED)
 
@@ -170,7 +173,9 @@ class AccessTokenDetailView(APIView):
     permission_classes = [token_permission("tokens.write", only_unsafe=True)]
 
     @extend_schema(
-        responses={204: OpenApiResponse(description="Revoked")}, operation_id="tokens_revoke"
+        responses={204: OpenApiResponse(description="Revoked")},
+        operation_id="tokens_revoke",
+        parameters=[id_parameter("token_id")],
     )
     def delete(self, request, token_id: int):
         token = get_object_or_404(selectors.access_token_list(user=request.user), pk=token_id)
@@ -208,7 +213,7 @@ class OrganizationListView(APIView):
 
     @extend_schema(
         request=OrganizationCreateSerializer,
-        responses={201: OrganizationSerializer},
+        responses={201: OrganizationSerializer, 409: error_response(409, "The name is taken.")},
         operation_id="organizations_create",
         description="Creates a free organization; the caller becomes its admin.",
     )
@@ -268,8 +273,9 @@ class OrganizationMemberListView(APIView):
         responses=OrganizationMemberListSerializer(many=True),
         operation_id="organization_members_list",
         parameters=[
-            OpenApiParameter("limit", int, required=False),
+            limit_parameter(default=MEMBERS_LIMIT_DEFAULT, maximum=MEMBERS_LIMIT_MAX),
             OpenApiParameter("cursor", str, required=False, description="From the `Link` header."),
+            LINK_HEADER,
         ],
     )
     def get(self, request, name: str):

@@ -51,6 +51,39 @@ def token_permission_check(*, role: str, permissions: Collection[str], permissio
         )
 
 
+def token_create_check(
+    *,
+    creator_role: str | None,
+    creator_permissions: Collection[str],
+    role: str,
+    permissions: Collection[str],
+) -> None:
+    """May a token with `creator_role`/`creator_permissions` create a token with `role` and
+    `permissions`? Never one with more rights than it has: a `write` token (or a browser
+    session: `creator_role` None) may create any; a fine-grained one only fine-grained tokens
+    whose permissions are a subset of its own (a `read` token reads what a fine-grained token
+    may not, and a `write` token does everything); a `read` token none."""
+    if creator_role is None or creator_role == TokenRole.WRITE:
+        return
+    if creator_role != TokenRole.FINE_GRAINED or role != TokenRole.FINE_GRAINED:
+        raise DomainError(
+            "permission_denied",
+            f"role: this {creator_role} access token may only create fine-grained tokens "
+            f"(not a {role!r} token) with permissions it holds itself.",
+            field="role",
+            kind=Kind.FORBIDDEN,
+        )
+    extra = sorted(set(permissions) - set(creator_permissions))
+    if extra:
+        raise DomainError(
+            "permission_denied",
+            f"permissions: this access token cannot grant {', '.join(map(repr, extra))}, which "
+            "it does not hold itself.",
+            field="permissions",
+            kind=Kind.FORBIDDEN,
+        )
+
+
 def inference_call_check(*, role: str, permissions: Collection[str]) -> None:
     """May this token call inference providers (the router)? A write token, or a
     fine-grained one holding `inference.serverless.write`; never a read token."""

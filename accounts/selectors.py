@@ -41,17 +41,18 @@ def membership_get(*, user: User, organization: Organization) -> Membership | No
 
 
 def organization_get_for_admin(*, user: User, name: str) -> Organization:
-    """The organization, if `user` administers it: a not-found error if unknown, a forbidden
-    one otherwise."""
+    """The organization, if `user` administers it. Not found if unknown or if `user` is not a
+    member (the same answer, so names stay private); forbidden for a member who is not an
+    admin."""
     org = organization_get(name=name)
-    if org is None:
+    membership = org and membership_get(user=user, organization=org)
+    if not membership:
         raise DomainError("not_found", f"Organization {name!r} not found.", kind=Kind.NOT_FOUND)
-    membership = membership_get(user=user, organization=org)
-    if membership is None or membership.role != Role.ADMIN:
+    if membership.role != Role.ADMIN:
         raise DomainError(
             "permission_denied",
-            f"Only admins of organization {org.name!r} can do this"
-            + (f" (your role is {membership.role!r})." if membership else "."),
+            f"Only admins of organization {org.name!r} can do this (your role is "
+            f"{membership.role!r}).",
             kind=Kind.FORBIDDEN,
         )
     return org

@@ -30,6 +30,7 @@ from accounts.models import (
     name_validator,
 )
 from accounts.permissions import FINE_GRAINED_PERMISSIONS
+from accounts.rules import token_create_check
 from accounts.tokens import DISPLAY_PREFIX_LENGTH, token_generate, token_hash
 from core.errors import DomainError, Kind
 from core.transactions import requires_atomic
@@ -176,11 +177,14 @@ def access_token_create(
     role: str = TokenRole.READ,
     permissions: Sequence[str] = (),
     secret: str | None = None,
+    created_with: AccessToken | None = None,
 ) -> tuple[AccessToken, str]:
     """Creates a token and returns it with its secret, the only time the secret exists.
 
-    `secret` is for demo data only (a token documented in the README); normally it is drawn
-    at random.
+    `created_with` is the token that asks (the API passes the request's token; None for an
+    admin session, a command or demo data): a token never creates one with more rights than
+    it has (`rules.token_create_check`, a 403). `secret` is for demo data only (a token
+    documented in the README); normally it is drawn at random.
     """
     name = (name or "").strip()
     if not name:
@@ -205,6 +209,13 @@ def access_token_create(
             "validation_error",
             f"Unknown permission {unknown[0]!r}; known: {', '.join(FINE_GRAINED_PERMISSIONS)}.",
             field="permissions",
+        )
+    if created_with is not None:
+        token_create_check(
+            creator_role=created_with.role,
+            creator_permissions=created_with.permissions,
+            role=role,
+            permissions=permissions,
         )
     secret = secret or token_generate()
     token = AccessToken.objects.create(

@@ -226,10 +226,9 @@ def server_command(port: int) -> list[str]:
             "--port", str(port), "--workers", str(WEB_WORKERS), "--log-level", "warning",
             "config.asgi:application",
         ]  # fmt: skip
-    return [
-        str(BASE_DIR / ".venv/bin/uvicorn"), "config.asgi:application", "--host", "127.0.0.1",
-        "--port", str(port), "--workers", str(WEB_WORKERS), "--no-access-log",
-        "--log-level", "warning",
+    return [  # the served configuration (config/serve.py), as `make run`
+        sys.executable, "-m", "config.serve", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(WEB_WORKERS), "--log-level", "warning",
     ]  # fmt: skip
 
 

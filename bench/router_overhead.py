@@ -84,9 +84,9 @@ def web_command(port: int) -> list[str]:
         return [str(BASE_DIR / ".venv/bin/granian"), "--interface", "asgi", "--host",
                 "127.0.0.1", "--port", str(port), "--workers", str(WEB_WORKERS),
                 "--log-level", "warning", "config.asgi:application"]  # fmt: skip
-    return [str(BASE_DIR / ".venv/bin/uvicorn"), "config.asgi:application", "--host",
-            "127.0.0.1", "--port", str(port), "--workers", str(WEB_WORKERS),
-            "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    # The served configuration (config/serve.py: uvicorn with its limits), as `make run`.
+    return [sys.executable, "-m", "config.serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(WEB_WORKERS), "--log-level", "warning"]  # fmt: skip
 
 
 def seed(sim_url: str) -> str:
@@ -194,7 +194,10 @@ def main() -> int:
                  "--port", str(sim_port), "--no-access-log", "--log-level", "warning"],
                 {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"})  # fmt: skip
     token = seed(f"http://127.0.0.1:{sim_port}")
-    web = start(web_command(web_port), {**os.environ, "DEBUG": "false", "LOG_LEVEL": "WARNING"})
+    # One token sends every request: its rate limit is counted (in Redis) as in production,
+    # but set far above what the load reaches so that the bench measures, not throttles.
+    web = start(web_command(web_port), {**os.environ, "DEBUG": "false", "LOG_LEVEL": "WARNING",
+                                        "ROUTER_RATE_LIMIT": "100000000/min"})  # fmt: skip
     try:
         wait_port(sim_port, sim, "simulator")
         wait_port(web_port, web, "web server")

@@ -10,9 +10,10 @@ Money is integer nano-USD.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import django_filters
+from django import forms
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import generics, serializers
@@ -143,6 +144,24 @@ class LedgerView(generics.ListAPIView):
 
 
 # --- usage --------------------------------------------------------------------------------------
+class UtcDateTimeField(django_filters.fields.IsoDateTimeField):
+    """An ISO datetime, handed to the database in UTC: PostgreSQL refuses offsets beyond
+    ±15:59 (`+20:00` was a 500), and one that moves the time out of years 1 to 9999 is a 400."""
+
+    def clean(self, value):
+        value = super().clean(value)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("Out of range once converted to UTC.") from None
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
+
+
 class UsageFilter(django_filters.FilterSet):
     """Unknown values (a payer you cannot see, a provider or model that does not exist, a
     state that is not one) are a 400 naming the filter, not an empty page."""
@@ -152,10 +171,10 @@ class UsageFilter(django_filters.FilterSet):
     provider = django_filters.CharFilter(method="filter_provider", help_text="Provider slug.")
     model = django_filters.CharFilter(method="filter_model", help_text="Hub model id.")
     state = django_filters.ChoiceFilter(choices=UsageState.choices)
-    created_after = django_filters.IsoDateTimeFilter(
+    created_after = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="gte", help_text="ISO datetime, inclusive."
     )
-    created_before = django_filters.IsoDateTimeFilter(
+    created_before = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="lt", help_text="ISO datetime, exclusive."
     )
 

@@ -16,8 +16,7 @@ from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
-from core.errors import DomainError
-from core.pagination import decode_cursor, encode_cursor, parse_limit
+from core.pagination import decode_time_cursor, encode_time_cursor, parse_limit
 
 
 class NewestFirstPagination(BasePagination):
@@ -37,23 +36,13 @@ class NewestFirstPagination(BasePagination):
 
     @staticmethod
     def encode_cursor(row) -> str:
-        return encode_cursor(f"{row.created_at.isoformat()}|{row.pk}")
+        return encode_time_cursor(row.created_at, row.pk)
 
     def decode_cursor(self, request) -> tuple[datetime, int] | None:
         raw = request.query_params.get(self.cursor_query_param)
         if raw is None:
             return None
-        text = decode_cursor(raw, source="`next` link")
-        try:
-            moment, _, pk = text.partition("|")
-            after = datetime.fromisoformat(moment), int(pk)
-            if after[0].tzinfo is None:
-                raise ValueError("naive datetime")
-        except ValueError as exc:
-            raise DomainError(
-                "validation_error", "cursor: not a cursor from a `next` link.", field="cursor"
-            ) from exc
-        return after
+        return decode_time_cursor(raw, source="`next` link")
 
     def paginate_queryset(self, queryset, request, view=None):
         self.request = request
@@ -104,8 +93,13 @@ class NewestFirstPagination(BasePagination):
                 "name": self.page_size_query_param,
                 "required": False,
                 "in": "query",
-                "description": f"Page size (default {self.page_size}, at most "
-                f"{self.max_page_size}).",
-                "schema": {"type": "integer"},
+                "description": f"Page size: at least 1, default {self.page_size}; more than "
+                f"{self.max_page_size} is served as {self.max_page_size}.",
+                "schema": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                    "default": self.page_size,
+                },
             },
         ]

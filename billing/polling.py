@@ -36,11 +36,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
@@ -51,6 +53,7 @@ from django.db.models import F, Q
 from billing import services
 from billing.models import ProviderBillingHealth, UsageRecord, UsageState
 from core.money import ceil_nanousd, format_usd
+from core.netguard import address_refused, url_refusal
 from registry.models import Provider
 
 logger = logging.getLogger(__name__)
@@ -334,8 +337,34 @@ def _client() -> httpx.Client:
     return httpx.Client(timeout=httpx.Timeout(settings.BILLING_COST_TIMEOUT_S))
 
 
+def cost_url_refusal(url: str) -> str | None:
+    """Why the cost URL may not be asked (its host is, or resolves to, an internal address not
+    in UPSTREAM_ALLOWED_NETWORKS: the provider's key must not go there), or None. A host that
+    does not resolve is left to fail on its own. Checked before every batch, so a name that
+    starts resolving to an internal address is caught; a name re-bound between this check and
+    the connection is not (`core.netguard`)."""
+    reason = url_refusal(url, resolve=False)
+    if reason is not None:
+        return reason
+    parts = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    for address in {info[4][0] for info in infos}:
+        if address_refused(address):
+            return (
+                f"points to an internal address ({address}); add its network to "
+                "UPSTREAM_ALLOWED_NETWORKS to allow it"
+            )
+    return None
+
+
 def _fetch(client: httpx.Client, provider: Provider, request_ids: list[str]) -> bytes:
     headers = {"Authorization": f"Bearer {provider.api_key}"}
+    refusal = cost_url_refusal(provider.cost_url)
+    if refusal is not None:
+        raise CostAnswerError(f"cost URL refused: it {refusal}")
     try:
         with client.stream(
             "POST", provider.cost_url, json={"requestIds": request_ids}, headers=headers

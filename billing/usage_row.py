@@ -29,11 +29,12 @@ from core.ids import object_id
 
 def usage_state(*, byok: bool, request_id: str | None, http_status: int | None) -> str:
     """The state a routed request's record starts in: `byok` (the user's own key, never
-    charged), `not_billable` (no request ID, or an error status: kept for provider health) or
+    charged), `not_billable` (no request ID, or a non-2xx status: an error, or a redirect the
+    router never follows; kept for provider health) or
     `pending` (to be charged once the provider reports its cost)."""
     if byok:
         return UsageState.BYOK
-    if not request_id or http_status is None or not 200 <= http_status < 400:
+    if not request_id or http_status is None or not 200 <= http_status < 300:
         return UsageState.NOT_BILLABLE
     return UsageState.PENDING
 

@@ -17,12 +17,46 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 INSECURE_SECRET_KEY = "insecure-local-development-key-change-me"  # noqa: S105
 INSECURE_FIELD_KEY = "insecure-local-field-encryption-key"
 
-DEBUG = env.bool("DEBUG", default=True)
+# Development only: `make run` turns it on (in the .env it writes); nothing else does.
+DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default=INSECURE_SECRET_KEY)
-# Key for provider API keys and custom provider keys stored encrypted at rest.
+# Earlier SECRET_KEYs, still accepted for signatures (sessions, messages) while rotating it.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
+# Keys for provider API keys and custom provider keys stored encrypted at rest (core/fields.py):
+# comma-separated, the first encrypts, every one decrypts (docs/settings.md, rotating).
 FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default=INSECURE_FIELD_KEY)
-if not DEBUG and (SECRET_KEY == INSECURE_SECRET_KEY or FIELD_ENCRYPTION_KEY == INSECURE_FIELD_KEY):
-    raise ImproperlyConfigured("Set SECRET_KEY and FIELD_ENCRYPTION_KEY when DEBUG is off.")
+# With DEBUG off, a missing, default or weak key refuses to start (docs/deploy.md says how to
+# generate them). SECRET_KEY: Django's own bar (`check --deploy`, security.W009). The first
+# FIELD_ENCRYPTION_KEY is hashed into the 256-bit Fernet key, so it must carry that much
+# randomness; later ones only read what they encrypted, so a weak one can be rotated away.
+SECRET_KEY_MIN_CHARS = 50
+FIELD_ENCRYPTION_KEY_MIN_CHARS = 32
+
+
+def _key_problem(name: str, key: str, min_chars: int) -> str:
+    """What is wrong with a key, naming the setting and never the value ("" if nothing)."""
+    if key in (INSECURE_SECRET_KEY, INSECURE_FIELD_KEY):
+        return f"{name} is unset (the development default)"
+    if len(key) < min_chars:
+        return f"{name} is shorter than {min_chars} characters"
+    if len(set(key)) < 5 or key.startswith("django-insecure-"):
+        return f"{name} is not a random key"
+    return ""
+
+
+if not DEBUG:
+    _field_keys = [k.strip() for k in FIELD_ENCRYPTION_KEY.split(",") if k.strip()]
+    _problems = [
+        _key_problem("SECRET_KEY", SECRET_KEY, SECRET_KEY_MIN_CHARS),
+        _key_problem(
+            "FIELD_ENCRYPTION_KEY", (_field_keys or [""])[0], FIELD_ENCRYPTION_KEY_MIN_CHARS
+        ),
+    ]
+    if any(_problems):
+        raise ImproperlyConfigured(
+            "; ".join(p for p in _problems if p)
+            + ". DEBUG is off: set random keys (docs/deploy.md, Secrets)."
+        )
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -49,12 +83,18 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # A Host not in ALLOWED_HOSTS: a 400 in the path's error format, never the debug page.
+    "core.errors.AllowedHostsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # NUL or a lone surrogate in the path, query or cookies: a 400 before anything looks it up.
+    "core.errors.InputCharactersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Failed admin logins per username and per address: a 429 past ADMIN_LOGIN_FAILURES_*.
+    "core.throttling.LoginThrottleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.errors.JsonErrorMiddleware",
@@ -64,6 +104,7 @@ ROOT_URLCONF = "config.urls"
 # Paths whose Django-level errors (400, 403, 404, 500) are JSON, not HTML pages (core.errors);
 # unknown `/v1/` paths get the router's OpenAI-shaped 404 (router.views.unknown_path).
 JSON_ERROR_PATH_PREFIXES = ("/api/", "/v1/")
+CSRF_FAILURE_VIEW = "core.errors.csrf_failure"  # JSON on those paths too
 ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = "config.wsgi.application"
 
@@ -126,6 +167,19 @@ WHITENOISE_USE_FINDERS = DEBUG  # serve straight from the apps in development
 
 # Request bodies: the largest legitimate one is a batch of 10,000 usage records.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
+# Limits of the served process (docs/operations.md "Limits"). The edge (core/edge.py) answers
+# 413 to a body above its path's limit before reading beyond it: the usage ingest endpoint
+# takes DATA_UPLOAD_MAX_MEMORY_SIZE, the router's paths ROUTER_MAX_BODY_BYTES, the rest:
+HTTP_MAX_BODY_BYTES = env.int("HTTP_MAX_BODY_BYTES", default=1024 * 1024)
+# ...and 408 when nothing of a body arrives for this long (between chunks).
+HTTP_BODY_TIMEOUT_S = env.float("HTTP_BODY_TIMEOUT_S", default=30.0)
+# config/serve.py (uvicorn): a connection whose request headers are not complete this long
+# after it opened (or after the request's first byte) is closed; larger headers get a 431.
+HTTP_HEADER_TIMEOUT_S = env.float("HTTP_HEADER_TIMEOUT_S", default=10.0)
+HTTP_MAX_HEADER_BYTES = env.int("HTTP_MAX_HEADER_BYTES", default=64 * 1024)
+HTTP_KEEPALIVE_TIMEOUT_S = env.float("HTTP_KEEPALIVE_TIMEOUT_S", default=5.0)
+# Connections plus running requests per web process; beyond it the server answers 503.
+HTTP_LIMIT_CONCURRENCY = env.int("HTTP_LIMIT_CONCURRENCY", default=1000)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -133,13 +187,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],  # deep nesting, NUL: a 400
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.AutoSchema",  # declares the error responses
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DATETIME_FORMAT": "iso-8601",
@@ -157,6 +211,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name per choice set (`manage.py spectacular --validate --fail-on-warn` is clean).
+    "ENUM_NAME_OVERRIDES": {
+        "MappingTypeEnum": "registry.models.MappingType.choices",
+        "MappingStatusEnum": "registry.models.MappingStatus.choices",
+        "ProviderEntryStatusEnum": ["staging", "live", "error"],
+        "CheckStateEnum": ["ok", "error"],
+        "PayerTypeEnum": ["user", "org"],
+    },
 }
 
 # Celery: Redis broker. A task is acknowledged after it ran (acks_late) and requeued when its
@@ -164,6 +226,25 @@ SPECTACULAR_SETTINGS = {
 # visibility timeout, or Redis would hand a still-running task to a second worker.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:63790/0")
 CELERY_BROKER_URL = REDIS_URL
+# Django's cache is Redis, shared by every process: the rate limits (core/throttling.py) hold
+# across web processes. Nothing else uses it. Short timeouts: without Redis, limits fail open.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "hfbill",
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+# Rate limits ("<count>/<period>", period s, min, h or day; docs/operations.md "Limits"): per
+# access token, a 429 with Retry-After beyond them. The router (core/ratelimit.py, Redis):
+ROUTER_RATE_LIMIT = env.str("ROUTER_RATE_LIMIT", default="600/min")
+# Writes (POST, PUT, DELETE) of the partner Model Mapping API (DRF throttling):
+PARTNER_WRITE_RATE_LIMIT = env.str("PARTNER_WRITE_RATE_LIMIT", default="600/min")
+# Refused admin logins per username and per client address in a window; beyond: 429.
+ADMIN_LOGIN_FAILURES_PER_USERNAME = env.int("ADMIN_LOGIN_FAILURES_PER_USERNAME", default=5)
+ADMIN_LOGIN_FAILURES_PER_ADDRESS = env.int("ADMIN_LOGIN_FAILURES_PER_ADDRESS", default=20)
+ADMIN_LOGIN_WINDOW_S = env.int("ADMIN_LOGIN_WINDOW_S", default=15 * 60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
@@ -218,6 +299,11 @@ ROUTER_CONNECT_TIMEOUT_S = env.float("ROUTER_CONNECT_TIMEOUT_S", default=10.0)
 ROUTER_READ_TIMEOUT_S = env.float("ROUTER_READ_TIMEOUT_S", default=120.0)  # between bytes
 ROUTER_MAX_ATTEMPTS = env.int("ROUTER_MAX_ATTEMPTS", default=3)  # the first try + 2 fail-overs
 ROUTER_MAX_BODY_BYTES = env.int("ROUTER_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+# A provider's answer, decoded (gzip and deflate are decoded by the router, in bounded steps):
+# a whole answer above this is a 502 `upstream_response_too_large`; a stream is cut there with
+# an SSE error event (docs/router.md "Hostile providers").
+ROUTER_MAX_RESPONSE_BYTES = env.int("ROUTER_MAX_RESPONSE_BYTES", default=16 * 1024 * 1024)
+ROUTER_MAX_STREAM_BYTES = env.int("ROUTER_MAX_STREAM_BYTES", default=64 * 1024 * 1024)
 # Networks (CIDR) that provider URLs may point into although they are not on the internet
 # (loopback, private, link-local...; core/netguard.py). Empty in production; `make run` and
 # `make test` allow loopback, where the provider simulator runs.
@@ -248,6 +334,29 @@ LOGGING = {
     "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
 
-if not DEBUG:
-    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
-    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+# HTTPS (docs/deploy.md): production answers only over HTTPS, TLS terminated by a reverse
+# proxy. With DEBUG off these default to what `manage.py check --deploy` asks for. `make run`
+# (DEBUG on) has none of them; `make test` (DEBUG off, plain http on loopback) only no redirect.
+# Session and CSRF cookies travel only over HTTPS; no script reads the session cookie.
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+# A plain-http request to Django is redirected to https (the router's paths skip Django: the
+# proxy redirects those), except the health check, for a load balancer's plain-http probe.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^api/health$"]
+# Strict-Transport-Security on https responses: browsers then refuse plain http for the host.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+# Preloading binds the domain and its subdomains to https in browsers for years, and anyone
+# may submit a domain whose header asks for it: the domain's owner decides, not a default (so
+# `check --deploy` is not asked to insist on it).
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+# The header by which the reverse proxy says a request came over https, e.g.
+# `X-Forwarded-Proto`. Set it only when the proxy sets that header on every request, replacing
+# any value a client sent; else a client could claim https. Empty: not trusted.
+if _proxy_ssl_header := env.str("SECURE_PROXY_SSL_HEADER", default=""):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https")

@@ -1,7 +1,7 @@
 import redis
 from django.conf import settings
 from django.db import connection
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -27,6 +27,18 @@ def _check_broker() -> str:
         return "error"
 
 
+CHECK_STATES = ["ok", "error"]
+HEALTH = inline_serializer(
+    "Health",
+    {
+        "status": serializers.ChoiceField(choices=CHECK_STATES),
+        "database": serializers.ChoiceField(choices=CHECK_STATES),
+        "broker": serializers.ChoiceField(choices=CHECK_STATES),
+        "lastWorkerHeartbeat": serializers.DateTimeField(allow_null=True),
+    },
+)
+
+
 class HealthView(APIView):
     """Liveness of the web process, the database and the broker, and the last worker heartbeat."""
 
@@ -34,15 +46,10 @@ class HealthView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        responses=inline_serializer(
-            "Health",
-            {
-                "status": serializers.CharField(),
-                "database": serializers.CharField(),
-                "broker": serializers.CharField(),
-                "lastWorkerHeartbeat": serializers.DateTimeField(allow_null=True),
-            },
-        )
+        responses={
+            200: HEALTH,
+            503: OpenApiResponse(HEALTH, description="The database or the broker is down."),
+        }
     )
     def get(self, request):
         database = _check_database()

@@ -18,12 +18,16 @@ import logging
 from enum import StrEnum
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
-from django.views import defaults
+from django.core.exceptions import DisallowedHost, PermissionDenied, RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.request import split_domain_port, validate_host
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+from core.text import invalid_characters_message, printable, unstorable_character
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +185,16 @@ def handler403(request, exception=None):
     return defaults.permission_denied(request, exception)
 
 
+@csrf_exempt  # an unknown path is a 404 whatever the method, not a CSRF failure
 def api_not_found(request, *args, **kwargs):
     return json_error(404, f"No API endpoint at {request.path}.", "not_found")
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: a JSON 403 on API paths (Django's page is HTML)."""
+    if is_api_path(request):
+        return json_error(403, f"CSRF check failed: {reason}", "csrf_failed")
+    return csrf.csrf_failure(request, reason)
 
 
 def handler404(request, exception=None):
@@ -210,7 +222,108 @@ class JsonErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
+        if isinstance(exception, RequestDataTooBig):  # served, the edge refuses it before
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            message = f"The request body is larger than {limit} bytes."
+            if is_api_path(request):
+                return json_error(413, message, "body_too_large")
+            return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         if not is_api_path(request):
             return None
-        logger.exception("Unhandled error on %s %s", request.method, request.path)
+        # The decoded path escaped, as Django's request log does: a %0A in it forges no line.
+        path = request.path.encode("unicode_escape").decode("ascii")
+        logger.exception("Unhandled error on %s %s", request.method, path)
         return handler500(request)
+
+
+# --- characters no name, id or text column can hold ----------------------------------------------
+def invalid_characters_error(field: str, reason: str) -> DomainError:
+    """A 400 naming `field`, which holds NUL or a lone surrogate (`core.text`)."""
+    message = f"{field}: {invalid_characters_message(reason)}"
+    return DomainError("invalid_characters", message, field=field)
+
+
+def _bad_characters(request: HttpRequest) -> DomainError | None:
+    reason = unstorable_character(request.path_info)
+    if reason:
+        return invalid_characters_error("path", reason)
+    for name, values in request.GET.lists():
+        for text in (name, *values):
+            reason = unstorable_character(text)
+            if reason:
+                return invalid_characters_error(printable(name), reason)
+    for name, value in request.COOKIES.items():
+        reason = unstorable_character(name) or unstorable_character(value)
+        if reason:
+            return invalid_characters_error(f"cookie {printable(name)}", reason)
+    return None
+
+
+class InputCharactersMiddleware:
+    """A path, query parameter or cookie holding NUL or a lone surrogate is a 400 before any
+    view (or the session lookup) runs: on `/api/` in the API's format naming the parameter
+    (`path`, the query parameter, `cookie <name>`), on `/v1/` in OpenAI's, elsewhere Django's
+    400 page. JSON bodies get the same check in `core.parsers.JSONParser`."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        error = _bad_characters(request)
+        if error is None:
+            return self.get_response(request)
+        if request.path.startswith(ROUTER_PATH_PREFIX):  # the router's Django views
+            body = {"message": error.message, "type": "invalid_request_error", "code": error.code}
+            return JsonResponse({"error": body}, status=error.http_status)
+        if not is_api_path(request):
+            return defaults.bad_request(request, None)
+        response = _domain_response(error)
+        return JsonResponse(response.data, status=response.status_code)
+
+
+# --- a Host that is not ours -------------------------------------------------------------------
+BAD_HOST_MESSAGE = "The Host header names a host this server does not serve (ALLOWED_HOSTS)."
+ROUTER_PATH_PREFIX = "/v1/"  # OpenAI's error shape there (router/errors.py), which clients parse
+security_logger = logging.getLogger("django.security.DisallowedHost")
+
+
+def _bad_host_response(request: HttpRequest) -> HttpResponse:
+    if request.path.startswith(ROUTER_PATH_PREFIX):  # core cannot import the router's class
+        error = {"message": BAD_HOST_MESSAGE, "type": "invalid_request_error", "code": "bad_host"}
+        return JsonResponse({"error": error}, status=400)
+    if is_api_path(request):
+        return json_error(400, BAD_HOST_MESSAGE, "bad_host")
+    return defaults.bad_request(request, None)
+
+
+class AllowedHostsMiddleware:
+    """A request whose Host is not in ALLOWED_HOSTS is a 400 before any other middleware runs:
+    in the API's format on `/api/`, in OpenAI's on `/v1/`, elsewhere Django's 400 page. Never
+    Django's debug page, which DEBUG shows when a later middleware meets the same Host. Logged
+    as Django logs it (`django.security.DisallowedHost`, the host quoted)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            request.get_host()
+        except DisallowedHost as exc:
+            security_logger.error(str(exc), extra={"status_code": 400, "request": request})
+            return _bad_host_response(request)
+        return self.get_response(request)
+
+
+def asgi_host_allowed(scope: dict) -> bool:
+    """Django's Host check (`HttpRequest.get_host`, ALLOWED_HOSTS) on an ASGI scope, for the
+    router's paths, which skip Django's request stack (config/asgi.py)."""
+    hosts = [value for name, value in scope.get("headers", ()) if name.lower() == b"host"]
+    if len(hosts) > 1:
+        return False
+    # No Host header (HTTP/1.0): Django falls back on the server's own name, so do we.
+    host = hosts[0].decode("latin-1") if hosts else (scope.get("server") or ("",))[0] or ""
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, allowed)

@@ -2,9 +2,13 @@
 
 import base64
 import binascii
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 from core.errors import DomainError
+from core.text import unstorable_character
+
+ID_MAX = 2**63 - 1  # a bigint primary key
 
 
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
@@ -36,14 +40,38 @@ def decode_cursor(raw: str, *, source: str) -> str:
         key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
         text = key.decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise DomainError(
-            "validation_error", f"cursor: not a cursor from a {source}.", field="cursor"
-        ) from exc
-    if not text:
-        raise DomainError(
-            "validation_error", f"cursor: not a cursor from a {source}.", field="cursor"
-        )
+        raise _not_a_cursor(source) from exc
+    if not text or unstorable_character(text):
+        raise _not_a_cursor(source)
     return text
+
+
+def _not_a_cursor(source: str) -> DomainError:
+    return DomainError("validation_error", f"cursor: not a cursor from a {source}.", field="cursor")
+
+
+def encode_time_cursor(created_at: datetime, pk: int) -> str:
+    """A keyset cursor on (created_at, id): the time in UTC and the id."""
+    return encode_cursor(f"{created_at.astimezone(UTC).isoformat()}|{pk}")
+
+
+def decode_time_cursor(raw: str, *, source: str) -> tuple[datetime, int]:
+    """The (created_at, id) in a cursor made by `encode_time_cursor`; a 400 naming `cursor`
+    for anything else: a time that is not UTC (an offset such as `+23:59:59.5` PostgreSQL
+    cannot read, or one that moves the time out of the years it can compare) or an id that
+    is not a positive bigint."""
+    text = decode_cursor(raw, source=source)
+    moment, _, pk = text.partition("|")
+    try:
+        when = datetime.fromisoformat(moment)
+    except ValueError:
+        raise _not_a_cursor(source) from None
+    digits = pk.isascii() and pk.isdigit() and len(pk) <= len(str(ID_MAX))
+    if when.utcoffset() != timedelta(0) or not digits:
+        raise _not_a_cursor(source)
+    if not 1 <= int(pk) <= ID_MAX:
+        raise _not_a_cursor(source)
+    return when, int(pk)
 
 
 def next_link(request, key: str) -> str:

@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.forms import UserChangeForm
+from django.core.exceptions import PermissionDenied
 
 from accounts import admin as accounts_admin
 from accounts.models import Organization, SettingsSource, User
@@ -101,15 +102,19 @@ class MappingAdmin(admin.ModelAdmin):
         return obj.hub_model.model_id if obj.hub_model_id else obj.tag_key
 
     def _set_status(self, request, queryset, status: str) -> None:
+        # The actions need the change permission (`permissions=["change"]`): Django neither
+        # lists nor runs them for a view-only staff user; checked again here, defensively.
+        if not self.has_change_permission(request):
+            raise PermissionDenied
         for mapping in queryset:
             services.mapping_set_status(mapping=mapping, status=status)
         messages.success(request, f"{queryset.count()} mapping(s) set to {status}.")
 
-    @admin.action(description="Set selected mappings live")
+    @admin.action(description="Set selected mappings live", permissions=["change"])
     def set_live(self, request, queryset):
         self._set_status(request, queryset, MappingStatus.LIVE)
 
-    @admin.action(description="Set selected mappings to staging")
+    @admin.action(description="Set selected mappings to staging", permissions=["change"])
     def set_staging(self, request, queryset):
         self._set_status(request, queryset, MappingStatus.STAGING)
 

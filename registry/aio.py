@@ -18,7 +18,13 @@ from psycopg.rows import class_row, dict_row, kwargs_row
 
 from core.fields import decrypt
 from registry.models import MappingType, ProviderKey, ProviderState
-from registry.rules import mapping_preference, mapping_usable
+from registry.rules import (
+    ADAPTER_TAG_PREFIX,
+    LORA_TAG,
+    mapping_preference,
+    mapping_usable,
+    tag_filter_shape_sql,
+)
 from registry.task_types import CONVERSATIONAL
 
 
@@ -81,6 +87,14 @@ SELECT id, slug, organization_id, base_url, chat_route, api_key, request_id_head
        cost_url <> '' AS billable
 FROM registry_provider
 """
+
+
+# Tag-filter mappings apply only when LoRA-shaped (`registry.rules.tag_filter_base_model`):
+# a row such as tags ["conversational"] would otherwise claim every chat model.
+def _lora_shaped(tags: str) -> str:
+    return tag_filter_shape_sql(tags, lora="%(lora_tag)s", prefix="%(adapter_tag_prefix)s")
+
+
 _CANDIDATE_COLUMNS = """
     m.provider_id, p.slug, p.organization_id, m.provider_model, m.type, m.status, m.health,
     m.created_at, m.input_price_nanousd_per_mtok, m.output_price_nanousd_per_mtok,
@@ -88,15 +102,15 @@ _CANDIDATE_COLUMNS = """
 """
 # The highest published prices of the hub model `hm` over all the chat mappings that apply to
 # it (any provider, any state): one scan of them, joined once per hub model.
-_MAX_PRICES = """
+_MAX_PRICES = f"""
 LEFT JOIN LATERAL (
     SELECT max(x.input_price_nanousd_per_mtok) AS max_input_price_nanousd_per_mtok,
            max(x.output_price_nanousd_per_mtok) AS max_output_price_nanousd_per_mtok
     FROM registry_mapping x
     WHERE x.task = %(task)s AND ((x.type = %(single_model)s AND x.hub_model_id = hm.id)
-          OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags))
+          OR (x.type = %(tag_filter)s AND x.tags <@ hm.tags AND {_lora_shaped("x.tags")}))
 ) mp ON true
-"""
+"""  # noqa: S608 (constants only)
 # Every conversational mapping of an active provider with a cost URL (one without could never
 # bill its requests: not routable) that applies to the model: its own single-model mappings
 # and the tag-filter ones whose tags it carries (staging too: what the caller may see is
@@ -111,7 +125,7 @@ LEFT JOIN LATERAL (
     FROM registry_mapping m JOIN registry_provider p ON p.id = m.provider_id
     WHERE m.task = %(task)s AND p.state = %(active)s AND p.cost_url <> ''
       AND ((m.type = %(single_model)s AND m.hub_model_id = hm.id)
-           OR (m.type = %(tag_filter)s AND m.tags <@ hm.tags))
+           OR (m.type = %(tag_filter)s AND m.tags <@ hm.tags AND {_lora_shaped("m.tags")}))
 ) c ON true
 WHERE hm.model_id = %(model_id)s
 """  # noqa: S608 (constants only)
@@ -124,6 +138,7 @@ LEFT JOIN registry_hubmodel hm ON hm.id = m.hub_model_id
 {_MAX_PRICES}
 WHERE m.provider_id = %(provider_id)s AND m.provider_model = %(provider_model)s
   AND m.task = %(task)s
+  AND (m.type = %(single_model)s OR {_lora_shaped("m.tags")})
 """  # noqa: S608 (constants only)
 _PROVIDER_KEYS_SQL = f"""
 SELECT provider_id, key FROM {ProviderKey._meta.db_table} WHERE user_id = %(user_id)s
@@ -136,6 +151,8 @@ def _params(**extra) -> dict:
         "active": ProviderState.ACTIVE,
         "single_model": MappingType.SINGLE_MODEL,
         "tag_filter": MappingType.TAG_FILTER,
+        "lora_tag": LORA_TAG,
+        "adapter_tag_prefix": ADAPTER_TAG_PREFIX,
         **extra,
     }
 

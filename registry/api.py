@@ -4,7 +4,6 @@ Wire formats follow the partner docs ("Model Mapping API") and what huggingface_
 @huggingface/inference and real partner scripts send and parse.
 """
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -14,10 +13,18 @@ from rest_framework.views import APIView
 from accounts.permissions import request_token
 from core.errors import DomainError, Kind
 from core.ids import is_object_id
+from core.openapi import LINK_HEADER, error_response, limit_parameter
 from core.pagination import decode_cursor, next_link, parse_limit
 from core.serializers import StrictSerializer
+from core.throttling import PartnerWriteRateThrottle
 from registry import selectors, services
 from registry.models import MODEL_ID_MAX_LENGTH, MappingStatus, MappingType, Provider
+from registry.openapi import (
+    PARTNER_MAPPING_LIST_SCHEMA,
+    HubModelDetailSerializer,
+    HubModelListItemSerializer,
+    MappingItemSerializer,
+)
 
 # --- partner API ------------------------------------------------------------------------------
 
@@ -65,23 +72,11 @@ class LegacyMappingStatusSerializer(MappingStatusSerializer):
     hfModel = serializers.CharField(max_length=MODEL_ID_MAX_LENGTH)
 
 
-class MappingItemSerializer(serializers.Serializer):
-    """What a create or status change returns (documentation only)."""
-
-    _id = serializers.CharField()
-    type = serializers.CharField()
-    task = serializers.CharField()
-    hfModel = serializers.CharField(required=False)
-    tags = serializers.ListField(child=serializers.CharField(), required=False)
-    adapterType = serializers.CharField(required=False)
-    providerModel = serializers.CharField()
-    providerId = serializers.CharField()
-    status = serializers.CharField()
-    health = serializers.CharField()
-
-
 class PartnerView(APIView):
-    """Reads are public; writes need a member allowed by `partner_access_check`."""
+    """Reads are public; writes need a member allowed by `partner_access_check`, and are
+    limited per token (PARTNER_WRITE_RATE_LIMIT: a 429 with Retry-After beyond it)."""
+
+    throttle_classes = [PartnerWriteRateThrottle]
 
     def get_permissions(self):
         if self.request.method in ("GET", "HEAD", "OPTIONS"):
@@ -100,7 +95,7 @@ class PartnerModelsView(PartnerView):
     @extend_schema(
         operation_id="partner_models_list",
         parameters=[OpenApiParameter("status", enum=MappingStatus.values, required=False)],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: PARTNER_MAPPING_LIST_SCHEMA},
         description="Public. The provider's mappings grouped by task, then keyed by hub model "
         "id or `tag-filter=<sorted tags>`.",
     )
@@ -118,10 +113,17 @@ class PartnerModelsView(PartnerView):
     @extend_schema(
         operation_id="partner_models_create",
         request=MappingCreateSerializer,
-        responses={201: MappingItemSerializer},
+        responses={
+            201: MappingItemSerializer,
+            409: error_response(409, "The provider already maps this model or tag set."),
+        },
         description="Single-model `{task, hfModel, providerModel, status?}` or tag-filter "
-        '`{type: "tag-filter", task, tags, providerModel, adapterType: "lora", status?}`. '
-        "409 when the provider already maps the same model (or tag set) for the task.",
+        '`{type: "tag-filter", task, tags, providerModel, adapterType: "lora", status?}`, '
+        "whose tags are `lora` and one `base_model:adapter:<hub model id>` of an existing "
+        "model supporting the task (LoRA adapters). `providerModel` is a model id (letters, "
+        "digits, `-_.:/@+`, no leading `/`, no `..`). 409 when the provider already maps the "
+        "same model (or tag set) for the task. Needs a `write` token or a fine-grained token "
+        "with `org.write`, of a `write`/`admin` member of the provider's organization.",
     )
     def post(self, request, provider: str):
         provider_obj = self.provider_for_write(request, provider)
@@ -312,7 +314,23 @@ class HubModelDetailView(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        operation_id="hub_model_get", parameters=EXPAND_PARAMS, responses={200: OpenApiTypes.OBJECT}
+        operation_id="hub_model_get",
+        parameters=[
+            *EXPAND_PARAMS,
+            OpenApiParameter(
+                "X-Error-Code",
+                str,
+                OpenApiParameter.HEADER,
+                response=[404],
+                description="`RepoNotFound` for an unknown model (as the Hub).",
+            ),
+        ],
+        responses={
+            200: HubModelDetailSerializer,
+            404: error_response(
+                404, "Unknown model: `X-Error-Code: RepoNotFound`, the Hub's body (no error_type)."
+            ),
+        },
     )
     def get(self, request, namespace: str, name: str):
         expand = _expand(request)
@@ -341,13 +359,13 @@ class HubModelListView(APIView):
             OpenApiParameter("pipeline_tag", str, required=False),
             OpenApiParameter("author", str, required=False),
             OpenApiParameter("search", str, required=False),
-            OpenApiParameter("limit", int, required=False,
-                             description=f"Page size, at most {LIST_LIMIT_MAX}."),
+            limit_parameter(default=LIST_LIMIT_DEFAULT, maximum=LIST_LIMIT_MAX),
             OpenApiParameter("cursor", str, required=False,
                              description="From the `Link: <...>; rel=\"next\"` header."),
             *EXPAND_PARAMS,
+            LINK_HEADER,
         ],
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: HubModelListItemSerializer(many=True)},
         description="A JSON array of hub models ordered by id; the next page's URL is in the "
         '`Link: <...>; rel="next"` header.',
     )  # fmt: skip
@@ -359,7 +377,7 @@ class HubModelListView(APIView):
         )
         any_provider = "all" in providers
         inference = params.get("inference")
-        if inference not in (None, "", "warm"):
+        if inference not in (None, "warm"):  # an empty value is a mistake, not "any"
             raise DomainError(
                 "validation_error", "inference: the only filter is 'warm'.", field="inference"
             )

@@ -2,7 +2,9 @@
 
 Resolution of a hub model's providers (the Hub API's `inferenceProviderMapping`):
 - candidates are the model's single-model mappings and every tag-filter mapping whose tags the
-  model carries, of active providers;
+  model carries, of active providers; a tag-filter mapping counts only when LoRA-shaped (`lora`
+  and one `base_model:adapter:<id>`, `registry.rules.tag_filter_base_model`), so a row with a
+  task tag such as `conversational` cannot claim every chat model;
 - a `staging` mapping is visible only to members of the provider's organization;
 - one entry per provider: a single-model mapping beats a tag-filter one, then live beats
   staging, then healthy beats failing, then the oldest wins;
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, F, Func, OuterRef, Q, QuerySet
 
 from accounts import selectors as accounts_selectors
 from registry.models import (
@@ -31,7 +33,16 @@ from registry.models import (
     ProviderKey,
     ProviderState,
 )
-from registry.rules import mapping_preference, mapping_usable, mapping_visible, provider_rank
+from registry.rules import (
+    ADAPTER_TAG_PREFIX,
+    LORA_TAG,
+    mapping_preference,
+    mapping_usable,
+    mapping_visible,
+    provider_rank,
+    tag_filter_applies,
+    tag_filter_shape_sql,
+)
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,26 @@ def _visible(viewer: Viewer) -> Q:
     return Q(status=MappingStatus.LIVE)
 
 
+class _LoraShaped(Func):
+    """`registry.rules.tag_filter_base_model(tags) is not None` as an ORM filter: tag-filter
+    mappings that are not LoRA-shaped (e.g. a lone `conversational` tag) never apply."""
+
+    output_field = BooleanField()
+
+    def as_sql(self, compiler, connection, **extra):
+        tags_sql, tags_params = compiler.compile(self.source_expressions[0])
+        if tags_params:
+            raise ValueError("_LoraShaped expects a column")
+        sql = tag_filter_shape_sql(tags_sql, lora="%s", prefix="%s")
+        return sql, [LORA_TAG, ADAPTER_TAG_PREFIX, ADAPTER_TAG_PREFIX]
+
+
+def _tag_filter_applies(model_tags) -> Q:
+    """Tag-filter mappings that apply to a model carrying `model_tags` (a list or an
+    OuterRef): LoRA-shaped, with all their tags carried by the model."""
+    return Q(type=MappingType.TAG_FILTER, tags__contained_by=model_tags) & Q(_LoraShaped(F("tags")))
+
+
 def _candidate_rows(models: Sequence[HubModel]) -> list[_Row]:
     """Mappings of active providers that may apply to these models, staging ones included:
     who may see them is decided per viewer in `_resolve`."""
@@ -174,7 +205,7 @@ def _candidate_rows(models: Sequence[HubModel]) -> list[_Row]:
     all_tags = sorted({tag for m in models for tag in m.tags})
     applies = Q(type=MappingType.SINGLE_MODEL, hub_model_id__in=[m.pk for m in models])
     if all_tags:
-        applies |= Q(type=MappingType.TAG_FILTER, tags__contained_by=all_tags)
+        applies |= _tag_filter_applies(all_tags)
     rows = Mapping.objects.filter(applies, provider__state=ProviderState.ACTIVE).values_list(
         *_ROW_FIELDS
     )
@@ -208,7 +239,7 @@ def _resolve(model: HubModel, rows: Iterable[_Row], viewer: Viewer) -> ProviderM
         if row.type == MappingType.SINGLE_MODEL:
             if row.hub_model_id != model.pk:
                 continue
-        elif not model_tags.issuperset(row.tags):
+        elif not tag_filter_applies(mapping_tags=row.tags, model_tags=model_tags):
             continue
         current = best.get(row.slug)
         if current is None or row.preference() < current.preference():
@@ -247,7 +278,8 @@ def provider_mapping_for_model(*, model: HubModel, viewer: Viewer = ANONYMOUS) -
 # and its candidate mappings in one round trip of hand-written SQL. Building the same query
 # with the ORM cost ~1.5 ms of Python per request (bench/registry_api.py); this costs ~0.3 ms.
 # It selects exactly what `_candidate_rows` selects for one model; tests pin both.
-_LOOKUP_SQL = """
+_LORA_SHAPED = tag_filter_shape_sql("m.tags", lora="%(lora_tag)s", prefix="%(adapter_tag_prefix)s")
+_LOOKUP_SQL = f"""
 SELECT hm.id, hm.hub_id, hm.model_id, hm.author, hm.pipeline_tag, hm.tags,
        hm.adapter_weights_path, hm.created_at, hm.modified_at,
        c.hub_model_id, c.task, c.type, c.tags, c.adapter_type, c.provider_model, c.status,
@@ -260,12 +292,12 @@ LEFT JOIN LATERAL (
         WHERE m.type = %(single_model)s AND m.hub_model_id = hm.id
         UNION ALL
         SELECT * FROM registry_mapping m
-        WHERE m.type = %(tag_filter)s AND m.tags <@ hm.tags
+        WHERE m.type = %(tag_filter)s AND m.tags <@ hm.tags AND {_LORA_SHAPED}
     ) m
     JOIN registry_provider p ON p.id = m.provider_id AND p.state = %(active)s
 ) c ON true
 WHERE hm.model_id = %(model_id)s
-"""
+"""  # noqa: S608 (constants only)
 
 
 def hub_model_lookup(
@@ -280,6 +312,8 @@ def hub_model_lookup(
                 "tag_filter": MappingType.TAG_FILTER,
                 "active": ProviderState.ACTIVE,
                 "model_id": model_id,
+                "lora_tag": LORA_TAG,
+                "adapter_tag_prefix": ADAPTER_TAG_PREFIX,
             },
         )
         rows = cursor.fetchall()
@@ -305,7 +339,7 @@ def _served(viewer: Viewer, providers: Sequence[str] | None, *, warm_only: bool 
     if warm_only:
         mappings = mappings.filter(status=MappingStatus.LIVE).exclude(health=MappingHealth.ERROR)
     single = mappings.filter(type=MappingType.SINGLE_MODEL, hub_model_id=OuterRef("pk"))
-    by_tags = mappings.filter(type=MappingType.TAG_FILTER, tags__contained_by=OuterRef("tags"))
+    by_tags = mappings.filter(_tag_filter_applies(OuterRef("tags")))
     return Exists(single) | Exists(by_tags)
 
 

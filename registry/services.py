@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -14,12 +16,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import plans
+from accounts import rules as accounts_rules
 from accounts import selectors as accounts_selectors
 from accounts import services as accounts_services
 from accounts.models import Organization, Role, SettingName, TokenRole, User
 from accounts.services import Actor
+from core import netguard
 from core.errors import DomainError, Kind
-from registry import selectors
+from registry import rules, selectors
 from registry.models import (
     MODEL_ID_MAX_LENGTH,
     MODEL_ID_PATTERN,
@@ -37,7 +41,12 @@ from registry.task_types import TASKS, model_supports_task
 TAGS_MAX = 20
 TAG_MAX_LENGTH = 200
 PROVIDER_MODEL_MAX_LENGTH = 255
+# A provider model id: ASCII letters, digits and -_.:/@+ (`@cf/meta/…`, `gpt-oss:120b`); no
+# leading `/` (checked by the first class), no `..` (checked apart).
+_PROVIDER_MODEL_RE = re.compile(r"[A-Za-z0-9_.:@+-][A-Za-z0-9_.:/@+-]*\Z")
 PARTNER_ROLES = frozenset({Role.WRITE, Role.ADMIN})
+# The fine-grained permission a token needs to manage a provider's mappings.
+MAPPING_WRITE_PERMISSION = "org.write"
 
 
 # --- providers -----------------------------------------------------------------------------
@@ -53,6 +62,28 @@ def _validate_url(value: str, *, field: str, required: bool = True) -> str:
             "validation_error", f"{field}: {value!r} is not an http(s) URL.", field=field
         ) from exc
     return value
+
+
+def _resolves(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return bool(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+    except (OSError, UnicodeError):
+        return False
+
+
+def _validate_upstream_url(value: str, *, field: str) -> None:
+    """The router and the cost poller send the platform's key to this URL: refused when it
+    points to loopback, link-local (cloud metadata) or private addresses not allowed by
+    `UPSTREAM_ALLOWED_NETWORKS` (`core.netguard`). A host name is resolved now if it can be;
+    one that does not resolve yet is accepted, as every connection checks its addresses
+    again."""
+    if not value:
+        return
+    reason = netguard.url_refusal(value, resolve=_resolves(urlsplit(value).hostname))
+    if reason is not None:
+        raise DomainError("validation_error", f"{field}: {value!r} {reason}.", field=field)
 
 
 def first_cost_query_delay_max_s() -> int:
@@ -72,6 +103,8 @@ def provider_settings_clean(
     """Validated, normalized connection settings of a provider (service and admin alike)."""
     _validate_url(base_url, field="base_url")
     _validate_url(cost_url, field="cost_url", required=False)
+    _validate_upstream_url(base_url, field="base_url")
+    _validate_upstream_url(cost_url, field="cost_url")
     if not chat_route.startswith("/"):
         raise DomainError("validation_error", "chat_route must start with '/'.", field="chat_route")
     if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", request_id_header):
@@ -149,16 +182,25 @@ def provider_create(
 def partner_access_check(*, provider: Provider, user: User, token) -> None:
     """May this caller manage `provider`'s mappings? Raises a 403 naming the rule that failed.
 
-    Rules (docs: "Model Mapping API" > Authentication): a token that can write (not a `read`
-    token), held by a `write` or `admin` member of the provider's organization, and that
-    organization on a team or enterprise plan.
+    Rules (docs: "Model Mapping API" > Authentication): a `write` token, or a fine-grained
+    token holding `org.write` (a browser session passes), held by a `write` or `admin` member
+    of the provider's organization, and that organization on a team or enterprise plan.
     """
     org = provider.organization
     if token is not None and token.role == TokenRole.READ:
         raise DomainError(
             "token_read_only",
-            "This is a read-only access token; managing mappings needs a write or "
-            "fine-grained token.",
+            "This is a read-only access token; managing mappings needs a write token or a "
+            f"fine-grained token with the '{MAPPING_WRITE_PERMISSION}' permission.",
+            kind=Kind.FORBIDDEN,
+        )
+    if token is not None and not accounts_rules.token_allows(
+        role=token.role, permissions=token.permissions, permission=MAPPING_WRITE_PERMISSION
+    ):
+        raise DomainError(
+            "permission_denied",
+            f"This {token.role} access token does not have the '{MAPPING_WRITE_PERMISSION}' "
+            "permission needed to manage a provider's mappings.",
             kind=Kind.FORBIDDEN,
         )
     membership = accounts_selectors.membership_get(user=user, organization=org)
@@ -212,6 +254,26 @@ def normalize_tags(tags: Iterable[str], *, field: str = "tags") -> list[str]:
     return sorted(tags)
 
 
+def provider_model_clean(value: str, *, field: str = "providerModel") -> str:
+    """A provider's own model id, as the router sends it (and some providers put it in the
+    URL): 1 to 255 of letters, digits and `-_.:/@+`, not starting with `/`, without `..`. No
+    whitespace, control characters, `?`, `#`, `%` or `\\`, so it cannot steer a request."""
+    if not value or len(value) > PROVIDER_MODEL_MAX_LENGTH:
+        raise DomainError(
+            "validation_error",
+            f"{field} must be 1 to {PROVIDER_MODEL_MAX_LENGTH} characters.",
+            field=field,
+        )
+    if not _PROVIDER_MODEL_RE.match(value) or ".." in value:
+        raise DomainError(
+            "validation_error",
+            f"{field} must be a model id: letters, digits and '-_.:/@+', not starting with "
+            "'/' and without '..'.",
+            field=field,
+        )
+    return value
+
+
 def _validate_task(task: str) -> str:
     if task not in TASKS:
         raise DomainError("validation_error", f"task: unknown task {task!r}.", field="task")
@@ -228,6 +290,16 @@ def _validate_status(status: str) -> str:
     return status
 
 
+def _base_model_supports(task: str):
+    def supports(model_id: str) -> bool | None:
+        base = HubModel.objects.filter(model_id=model_id).first()
+        if base is None:
+            return None
+        return model_supports_task(pipeline_tag=base.pipeline_tag, tags=base.tags, task=task)
+
+    return supports
+
+
 def mapping_create(
     *,
     provider: Provider,
@@ -242,12 +314,7 @@ def mapping_create(
 ) -> Mapping:
     _validate_task(task)
     _validate_status(status)
-    if not provider_model or len(provider_model) > PROVIDER_MODEL_MAX_LENGTH:
-        raise DomainError(
-            "validation_error",
-            f"providerModel must be 1 to {PROVIDER_MODEL_MAX_LENGTH} characters.",
-            field="providerModel",
-        )
+    provider_model_clean(provider_model)
     mapping = Mapping(
         provider=provider,
         task=task,
@@ -299,6 +366,9 @@ def mapping_create(
                 field="adapterType",
             )
         mapping.tags = normalize_tags(tags or [])
+        rules.tag_filter_check(
+            tags=mapping.tags, task=task, base_model_supports_task=_base_model_supports(task)
+        )
         mapping.adapter_type = adapter_type
         duplicate = Mapping.objects.filter(
             provider=provider, task=task, tags=mapping.tags, type=type

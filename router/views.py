@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from registry.models import Mapping, MappingHealth, MappingStatus, ProviderState
@@ -89,6 +90,7 @@ def model_detail(request, model_id: str):
     return JsonResponse(models[0])
 
 
+@csrf_exempt  # no cookie is read; a POST (what clients send) must get this 404, not a CSRF 403
 def unknown_path(request, *args, **kwargs):
     """Any other `/v1/` path served by Django: a 404 in OpenAI's shape, which clients parse."""
     error = RouterError(404, f"No endpoint at {request.path}.", "not_found")

@@ -407,6 +407,9 @@ def write_local_env(updates: dict[str, str]) -> dict[str, str]:
     values = read_dotenv(path)
     values.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
     values.setdefault("FIELD_ENCRYPTION_KEY", secrets.token_urlsafe(32))
+    # DEBUG is off unless asked for (config/settings.py); `make run` is development. Kept if
+    # edited, and plain `manage.py` from the checkout reads it too.
+    values.setdefault("DEBUG", "true")
     values.update(updates)
     body = "".join(f"{key}={value}\n" for key, value in sorted(values.items()))
     path.write_text("# Written by `make run`; environment variables take precedence.\n" + body)
@@ -467,15 +470,9 @@ def cmd_run(_args: argparse.Namespace) -> int:
         celery = str(VENV_BIN / "celery")
         commands = {
             "simulator": [PYTHON, "-m", "simulator", "--port", str(sim_port)],
-            "web": [
-                str(VENV_BIN / "uvicorn"),
-                "config.asgi:application",
-                "--host",
-                host,
-                "--port",
-                str(web_port),
-                "--no-access-log",
-            ],
+            # The served configuration (config/serve.py: uvicorn, its timeouts and limits),
+            # as the tests' web server (testsupport/processes.py) runs it.
+            "web": [PYTHON, "-m", "config.serve", "--host", host, "--port", str(web_port)],
             "worker": [
                 celery,
                 "-A",
@@ -570,9 +567,13 @@ def throwaway_services():
         "DATABASE_OWNER_URL": pg.owner_url,  # the tests migrate and flush as the owner
         "REDIS_URL": redis.url,
         "DATA_DIR": str(root),
-        "SECRET_KEY": "test-secret-key-not-for-production",
+        # Production's settings (DEBUG off, keys of production's strength: config/settings.py,
+        # Secure cookies, which Chromium accepts from http://localhost), but no redirect to
+        # https: the tests' servers and clients speak plain http on loopback.
+        "SECRET_KEY": "test-secret-key-not-for-production-" + "0123456789abcdef" * 2,
         "FIELD_ENCRYPTION_KEY": "test-field-encryption-key-not-for-production",
         "DEBUG": "false",
+        "SECURE_SSL_REDIRECT": "false",
         "UPSTREAM_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,  # the provider simulator
     }
     try:

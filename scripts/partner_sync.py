@@ -11,7 +11,8 @@ mapping `_id`s back from the public GET list, then set them live; `--delete` rem
     {"task": "conversational", "hfModel": "org/model", "providerModel": "my-id"}
     {"type": "tag-filter", "task": "text-to-image", "tags": [...], "providerModel": "x",
      "adapterType": "lora"}
-Exits non-zero, naming the item, on any answer other than success or 409.
+Exits non-zero, naming the item, on any answer other than success or 409. A 429 (the partner
+write API's per-token rate limit) is waited out as its `Retry-After` says, then retried.
 """
 
 from __future__ import annotations
@@ -20,9 +21,36 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import httpx
+
+RETRIES_MAX = 5
+RETRY_AFTER_MAX_S = 120.0
+
+
+class RateLimitRetry(httpx.BaseTransport):
+    """Waits out a 429 as its `Retry-After` says (at most RETRY_AFTER_MAX_S), then retries."""
+
+    def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
+        self.transport = transport or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for _ in range(RETRIES_MAX):
+            response = self.transport.handle_request(request)
+            if response.status_code != 429:
+                return response
+            try:
+                wait_s = float(response.headers.get("Retry-After", "1"))
+            except ValueError:
+                wait_s = 1.0
+            response.close()
+            time.sleep(min(max(wait_s, 0.0), RETRY_AFTER_MAX_S))
+        return self.transport.handle_request(request)
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 def key_of(item: dict) -> str:
@@ -100,7 +128,9 @@ def main() -> int:
         parser.error("set HF_TOKEN to a write token of a member of the provider's organization")
     items = json.loads(args.file.read_text())
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    with httpx.Client(base_url=args.endpoint, headers=headers, timeout=30) as client:
+    with httpx.Client(
+        base_url=args.endpoint, headers=headers, timeout=30, transport=RateLimitRetry()
+    ) as client:
         result = (
             delete(client, args.provider, items)
             if args.delete

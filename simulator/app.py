@@ -40,9 +40,13 @@ Control (no auth: a development tool, never expose it)
 `GET /_sim/stats`        counters: chat_requests, chat_streams, models_requests,
                          cost_requests, ids_asked, ids_answered (entries returned),
                          ids_asked_issued (asked IDs this process issued), ids_issued,
-                         ids_remembered
+                         ids_remembered, paths ({"METHOD /path?query": count} of the requests
+                         under the provider, control requests excepted)
 `POST /_sim/reset`       forget this provider (switches, models, counters, issued IDs)
-And at the root: `POST /_sim/reset` forgets every provider; `GET /_sim/health` answers 200.
+And at the root: `POST /_sim/reset` forgets every provider; `GET /_sim/health` answers 200;
+`GET /_sim/hits` is every request received ({"hits": {"METHOD raw-path?query": count}}, the
+path exactly as sent, control requests included; not cleared by resets) and
+`DELETE /_sim/hits` clears it.
 
 Fault switches (all optional; PUT replaces the whole set)
 -------------
@@ -77,6 +81,12 @@ break_stream_after (int)  a stream stops after this many messages without [DONE]
 omit_request_id_header    chat answers lack the request-ID header
 request_id_header (str)   the request-ID header name (default Inference-Id)
 api_key (str)             the expected bearer key (default sim-<slug>-key)
+redirect_to (str)         chat answers redirect_status (default 302) with `Location:` this
+redirect_status (int)     URL (before auth), as a hostile provider steering its client
+bomb_mb (int)             a valid chat request gets a well-formed answer of this many MiB,
+bomb_encoding (str)       compressed lazily (`simulator.bombs`): gzip (default) | deflate |
+                          identity | unsupported (gzip bytes labelled `br`)
+chat_content_type (str)   the Content-Type of whole (not streamed) chat answers
 The cost-body switches (corruptions, unasked_ids, requests_null, garbage_body, huge_body_mb)
 apply to the cost endpoint only. Unknown paths answer 404 JSON, wrong methods 405 JSON.
 """
@@ -92,6 +102,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from simulator import bombs
 from simulator.chat import (
     ChatError,
     complete,
@@ -101,7 +112,7 @@ from simulator.chat import (
 )
 from simulator.costs import MAX_IDS_PER_REQUEST, cost_entries, entries_json
 from simulator.faults import FaultError, Faults, Scope, parse_faults
-from simulator.state import ProviderState, Registry
+from simulator.state import MAX_PATHS, HitLog, ProviderState, Registry, count
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -173,6 +184,7 @@ class Request:
     def __init__(self, scope: Message, receive: Receive) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        self.query: str = scope.get("query_string", b"").decode("latin-1")
         self.headers: dict[str, str] = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -226,6 +238,7 @@ class SimulatorApp:
 
     def __init__(self) -> None:
         self.registry = Registry()
+        self.hits = HitLog()
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -233,6 +246,8 @@ class SimulatorApp:
             return
         if scope["type"] != "http":
             return
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        self.hits.add(scope["method"], raw_path, scope.get("query_string", b""))
         request = Request(scope, receive)
         try:
             response = await self.dispatch(request)
@@ -249,12 +264,15 @@ class SimulatorApp:
 
     async def dispatch(self, request: Request) -> Response:
         path = request.path
-        if path in ("/_sim/reset", "/_sim/health"):
+        if path in ("/_sim/reset", "/_sim/health", "/_sim/hits"):
             return self._root_control(request)
         slug, _, rest = path[1:].partition("/")
         rest = "/" + rest.rstrip("/")
         if not _SLUG.match(slug):
             return not_found(request)
+        if not rest.startswith("/_sim/"):
+            line = f"{request.method} {rest}" + (f"?{request.query}" if request.query else "")
+            count(self.registry.get(slug).stats.paths, line, MAX_PATHS)
         if rest in CHAT_ROUTES or _HF_INFERENCE_CHAT.match(rest):
             return self._only(request, "POST") or await self.chat(slug, request)
         if rest in MODELS_ROUTES:
@@ -292,6 +310,12 @@ class SimulatorApp:
 
         if early := await self._outage(faults, "chat", request):
             return answer(early)
+        if faults.redirect_to:
+            redirect = error_response(
+                faults.redirect_status, "moved", "invalid_request_error", "redirect"
+            )
+            redirect.headers.append(("Location", faults.redirect_to))
+            return answer(redirect)
         if not self._authorized(state, request):
             return answer(unauthorized())
         try:
@@ -307,10 +331,14 @@ class SimulatorApp:
         response_id = "chatcmpl-" + request_id.rsplit("-", 1)[-1]
         completion = complete(slug, chat_request, call_id="call_" + secrets.token_hex(8))
         created, model = int(time.time()), chat_request.model
+        if faults.bomb_mb:
+            return _bomb(response, faults, stream=chat_request.stream, model=model)
         if not chat_request.stream:
             response.body = dumps(
                 completion_body(completion, response_id=response_id, created=created, model=model)
             )
+            if faults.chat_content_type:
+                response.content_type = faults.chat_content_type
             return response
         state.stats.chat_streams += 1
         chunks = stream_chunks(completion, response_id=response_id, created=created, model=model)
@@ -397,6 +425,12 @@ class SimulatorApp:
         return json_response(200, state.model_list())
 
     def _root_control(self, request: Request) -> Response:
+        if request.path == "/_sim/hits":
+            if bad := self._only(request, "GET", "DELETE"):
+                return bad
+            if request.method == "DELETE":
+                self.hits.counts.clear()
+            return json_response(200, {"hits": self.hits.counts})
         if request.path == "/_sim/health":
             if request.method != "GET":
                 return method_not_allowed(("GET",))
@@ -490,6 +524,18 @@ async def _sse(
     if delay_s:
         await asyncio.sleep(delay_s)
     yield b"data: [DONE]\n\n"
+
+
+def _bomb(response: Response, faults: Faults, *, stream: bool, model: str) -> Response:
+    """`response` (its request-ID header set) carrying a `bomb_mb` answer."""
+    response.content_type = "text/event-stream" if stream else JSON
+    encoding = bombs.CONTENT_ENCODINGS[faults.bomb_encoding]
+    if encoding:
+        response.headers.append(("Content-Encoding", encoding))
+    response.stream = bombs.encoded_parts(
+        stream=stream, size_mb=faults.bomb_mb, encoding=faults.bomb_encoding, model=model
+    )
+    return response
 
 
 def _padded(entries: list[dict[str, Any]], target_bytes: int) -> Response:

@@ -25,6 +25,8 @@ FRACTION_SWITCHES: tuple[str, ...] = (
 )
 HOSTILE_COSTS: tuple[str, ...] = ("overflow", "huge_exponent", "deep", "absurd")
 """Values of `hostile_cost`: what the hit entries get as `costNanoUsd` (see simulator.costs)."""
+BOMB_ENCODINGS: tuple[str, ...] = ("gzip", "deflate", "identity", "unsupported")
+"""Values of `bomb_encoding`: how a `bomb_mb` answer is encoded (see simulator.bombs)."""
 BOOL_SWITCHES: tuple[str, ...] = (
     "timeout",
     "requests_null",
@@ -39,10 +41,14 @@ INT_SWITCHES: dict[str, tuple[int, int]] = {  # name: (min, max), inclusive
     "huge_body_mb": (0, 512),
     "fixed_cost_nanousd": (0, 10**15),
     "break_stream_after": (0, 100_000),
+    "bomb_mb": (0, 4096),
+    "redirect_status": (300, 399),
 }
 DEFAULT_REQUEST_ID_HEADER = "Inference-Id"
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
-_PRINTABLE = re.compile(r"^[\x21-\x7e]{1,256}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]{1,256}\Z")
+_CONTENT_TYPE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}\Z")
+_REDIRECT = re.compile(r"^https?://[\x21-\x7e]{1,2000}\Z")
 
 
 class FaultError(ValueError):
@@ -81,6 +87,11 @@ class Faults:
     omit_request_id_header: bool = False
     request_id_header: str = DEFAULT_REQUEST_ID_HEADER
     api_key: str | None = None
+    redirect_to: str = ""
+    redirect_status: int = 302
+    bomb_mb: int = 0
+    bomb_encoding: str = "gzip"
+    chat_content_type: str = ""
     given: dict[str, Any] = field(default_factory=dict, compare=False)
     """The switches as they were set (what GET returns)."""
 
@@ -134,6 +145,18 @@ def _parse_one(name: str, value: Any) -> Any:
     if name == "hostile_cost":
         if value not in HOSTILE_COSTS:
             raise FaultError(name, f"must be one of {', '.join(HOSTILE_COSTS)}")
+        return value
+    if name == "bomb_encoding":
+        if value not in BOMB_ENCODINGS:
+            raise FaultError(name, f"must be one of {', '.join(BOMB_ENCODINGS)}")
+        return value
+    if name == "redirect_to":
+        if not isinstance(value, str) or not _REDIRECT.match(value):
+            raise FaultError(name, "must be an http:// or https:// URL (printable, no spaces)")
+        return value
+    if name == "chat_content_type":
+        if not isinstance(value, str) or not _CONTENT_TYPE.match(value):
+            raise FaultError(name, "must be a header value of 1-256 printable characters")
         return value
     if name == "hostile_cost_prefix":
         if not isinstance(value, str) or not _PRINTABLE.match(value):

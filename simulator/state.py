@@ -12,6 +12,10 @@ from simulator.faults import Faults
 
 REMEMBERED_IDS = 1_000_000
 """Issued request IDs remembered per provider (for statistics only; the oldest are dropped)."""
+MAX_PATHS = 1_000
+"""Distinct request lines counted per provider (`Stats.paths`) and, times ten, in the hit log;
+any further ones are counted under `(other)`."""
+OTHER = "(other)"
 
 DEFAULT_MODELS: tuple[dict[str, Any], ...] = (
     {
@@ -62,6 +66,9 @@ class Stats:
     ids_answered: int = 0
     ids_asked_issued: int = 0
     ids_issued: int = 0
+    # "METHOD /path" (relative to the provider, query included) -> requests; control requests
+    # (`/_sim/...`) are not counted.
+    paths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +112,29 @@ class ProviderState:
 
     def stats_json(self) -> dict[str, Any]:
         return {**vars(self.stats), "ids_remembered": len(self.issued)}
+
+
+def count(counts: dict[str, int], key: str, limit: int) -> None:
+    """Adds one to `counts[key]`, or to `counts["(other)"]` once `limit` keys exist."""
+    if key not in counts and len(counts) >= limit:
+        key = OTHER
+    counts[key] = counts.get(key, 0) + 1
+
+
+class HitLog:
+    """Every request the process received, as "METHOD raw-path[?query]" -> count (the path as
+    sent, percent-escapes and all). Not cleared by the resets: a request that reset the
+    simulator stays visible. `GET /_sim/hits` reads it, `DELETE /_sim/hits` clears it."""
+
+    def __init__(self, limit: int = 10 * MAX_PATHS) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+
+    def add(self, method: str, raw_path: bytes, query: bytes) -> None:
+        key = f"{method} {raw_path.decode('latin-1')}"
+        if query:
+            key += "?" + query.decode("latin-1")
+        count(self.counts, key, self.limit)
 
 
 class Registry:

@@ -177,13 +177,13 @@ def test_a_partner_sync_script_creates_lists_sets_live_and_deletes(live_server, 
     together = ProviderFactory(slug="together")
     engineer = UserFactory(username="together-engineer")
     MembershipFactory(user=engineer, organization=together.organization, role=Role.WRITE)
-    token = token_for(engineer, "fine-grained")  # no permissions: membership is what counts
+    token = token_for(engineer, "fine-grained", ["org.write"])  # what mapping writes need
     HubModelFactory(model_id=LLAMA)
-    HubModelFactory(model_id=LORA, pipeline_tag="text-to-image", tags=["lora", "x:y"])
+    HubModelFactory(model_id=FLUX, pipeline_tag="text-to-image", tags=["diffusers"])
     items = [
         {"task": "conversational", "hfModel": LLAMA, "providerModel": "llama-turbo"},
-        {"type": "tag-filter", "task": "text-to-image", "tags": ["x:y", "lora"],
-         "providerModel": "lora-endpoint", "adapterType": "lora"},
+        {"type": "tag-filter", "task": "text-to-image", "adapterType": "lora",
+         "tags": [f"base_model:adapter:{FLUX}", "lora"], "providerModel": "lora-endpoint"},
     ]  # fmt: skip
     items_file = tmp_path / "mappings.json"
     items_file.write_text(json.dumps(items))

@@ -167,8 +167,9 @@ def run_threads(count: int, target) -> list[BaseException]:
 
 
 class WebServer:
-    """The real web process (uvicorn serving `config.asgi`: Django and the router) on the test
-    database, as `make run` starts it. Caches off, so each test sees its own data at once."""
+    """The real web process (config/serve.py: uvicorn serving `config.asgi`, Django and the
+    router) on the test database, as `make run` starts it. The router's caches off, so each test
+    sees its own data at once."""
 
     def __init__(self, log: Path, **env: str):
         self.log = log
@@ -181,8 +182,9 @@ class WebServer:
         self.url = f"http://127.0.0.1:{port}"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603 (our own server)
-                [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host",
-                 "127.0.0.1", "--port", str(port), "--no-access-log"],
+                # The served configuration (config/serve.py: uvicorn and its limits).
+                [sys.executable, "-m", "config.serve", "--host", "127.0.0.1", "--port",
+                 str(port)],
                 cwd=REPO_ROOT, env=subprocess_env(**self.env), stdout=out,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -46,7 +46,8 @@ def test_a_read_only_token_may_list_but_not_create_or_revoke(api_client, user, r
 def test_a_fine_grained_token_needs_the_named_permission(api_client, user):
     without = token_for(user, "fine-grained", ["inference.serverless.write"])
     with_perm = token_for(user, "fine-grained", ["tokens.write"])
-    body = {"name": "y"}
+    # A fine-grained token creates fine-grained tokens only (test_least_privilege.py).
+    body = {"name": "y", "role": "fine-grained"}
     assert api_client.post(URL, body, format="json", **bearer(without)).status_code == 403
     assert api_client.post(URL, body, format="json", **bearer(with_perm)).status_code == 201
 

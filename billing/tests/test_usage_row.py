@@ -12,7 +12,7 @@ from django.db import models
 import billing.models
 from billing.models import ProviderBillingHealth, UsageRecord, UsageState
 from billing.tests.factories import payer_for_new_user
-from billing.usage_row import COLUMNS, UsageRow, usage_rows_insert
+from billing.usage_row import COLUMNS, UsageRow, usage_rows_insert, usage_state
 from registry.tests.factories import ProviderFactory
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -170,3 +170,11 @@ def test_no_enum_value_is_written_as_a_sql_literal_in_billing():
         if f"'{value}'" in path.read_text()
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308, 399])
+def test_a_redirect_is_never_billable(status):
+    """The router never follows a redirect (issue 12), so nothing was served: an ingested
+    record with a 3xx status is not billable either."""
+    assert usage_state(byok=False, request_id="r-1", http_status=status) == "not_billable"
+    assert usage_state(byok=False, request_id="r-1", http_status=200) == "pending"

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.django_db
 USER_KEY = "sk-user-own-key-rotation-7777"
 PLATFORM_KEY = "sk-platform-key-rotation-8888"
 
+# With DEBUG off the first key must be strong (32+ characters); older ones may be weak.
+NEW_KEY = "new-key-" + "0123456789abcdef" * 2
+
 
 def stored(table: str, column: str) -> list[str]:
     with connection.cursor() as cursor:
@@ -54,7 +57,7 @@ def test_rotation_reencrypts_everything_under_the_new_key(secrets_under_old_key)
     before_user = stored("registry_providerkey", "key")
     before_platform = stored("registry_provider", "api_key")
 
-    with override_settings(FIELD_ENCRYPTION_KEY="new-key,old-key"):
+    with override_settings(FIELD_ENCRYPTION_KEY=f"{NEW_KEY},old-key"):
         check = rotate("--check")
         output = rotate()
         again = rotate()
@@ -65,14 +68,14 @@ def test_rotation_reencrypts_everything_under_the_new_key(secrets_under_old_key)
     assert "OK: 0 value(s) re-encrypted" in again
     assert stored("registry_providerkey", "key") != before_user
     assert stored("registry_provider", "api_key") != before_platform
-    with override_settings(FIELD_ENCRYPTION_KEY="new-key"):  # the old key dropped
+    with override_settings(FIELD_ENCRYPTION_KEY=NEW_KEY):  # the old key dropped
         assert ProviderKey.objects.get().key == USER_KEY
         assert Provider.objects.get().api_key == PLATFORM_KEY
 
 
 def test_without_rotation_dropping_the_old_key_makes_keys_unreadable(secrets_under_old_key):
     with (
-        override_settings(FIELD_ENCRYPTION_KEY="new-key"),
+        override_settings(FIELD_ENCRYPTION_KEY=NEW_KEY),
         pytest.raises(ImproperlyConfigured, match="FIELD_ENCRYPTION_KEY"),
     ):
         ProviderKey.objects.get()
@@ -82,7 +85,7 @@ def test_rotation_changes_nothing_when_a_value_is_unreadable(secrets_under_old_k
     before = stored("registry_providerkey", "key") + stored("registry_provider", "api_key")
 
     with (
-        override_settings(FIELD_ENCRYPTION_KEY="new-key,wrong-old-key"),
+        override_settings(FIELD_ENCRYPTION_KEY=f"{NEW_KEY},wrong-old-key"),
         pytest.raises(SystemExit) as exit_info,
     ):
         rotate()
@@ -98,7 +101,7 @@ def test_rotation_runs_as_a_real_manage_py_process(secrets_under_old_key):
     done = subprocess.run(
         [sys.executable, "manage.py", "encryption_rotate"],
         cwd=REPO_ROOT,
-        env=subprocess_env(FIELD_ENCRYPTION_KEY="new-key,old-key"),
+        env=subprocess_env(FIELD_ENCRYPTION_KEY=f"{NEW_KEY},old-key"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -107,5 +110,5 @@ def test_rotation_runs_as_a_real_manage_py_process(secrets_under_old_key):
 
     assert done.returncode == 0, done.stderr
     assert "OK: 2 value(s) re-encrypted" in done.stdout
-    with override_settings(FIELD_ENCRYPTION_KEY="new-key"):
+    with override_settings(FIELD_ENCRYPTION_KEY=NEW_KEY):
         assert ProviderKey.objects.get().key == USER_KEY

@@ -115,7 +115,9 @@ def test_creating_a_mapping_with_status_live_stores_it_live(api_client, catalog,
     assert Mapping.objects.get(public_id=response.json()["_id"]).status == MappingStatus.LIVE
 
 
-def test_creating_a_tag_filter_mapping_stores_its_tags_sorted(api_client, provider, writer):
+def test_creating_a_tag_filter_mapping_stores_its_tags_sorted(
+    api_client, provider, catalog, writer
+):
     response = api_client.post(
         models_url(),
         {
@@ -186,7 +188,7 @@ def test_mapping_the_same_model_for_the_same_task_twice_is_a_conflict(
     assert snapshot() == before
 
 
-def test_the_same_tag_set_in_another_order_is_a_conflict(api_client, provider, writer):
+def test_the_same_tag_set_in_another_order_is_a_conflict(api_client, provider, catalog, writer):
     body = {
         "type": "tag-filter",
         "task": "text-to-image",
@@ -218,18 +220,18 @@ def test_the_same_model_for_another_task_is_not_a_conflict(api_client, catalog, 
     assert Mapping.objects.filter(hub_model=catalog[LLAMA]).count() == 2
 
 
-def test_the_same_tag_set_for_another_task_is_not_a_conflict(api_client, provider, writer):
+def test_the_same_tag_set_for_another_task_is_not_a_conflict(api_client, catalog, writer):
     body = {
         "type": "tag-filter",
-        "task": "text-to-image",
-        "tags": FLUX_LORA_TAGS,
-        "providerModel": "flux-lora",
+        "task": "conversational",
+        "tags": ["lora", f"base_model:adapter:{LLAMA}"],  # a chat model: two tasks
+        "providerModel": "llama-lora",
         "adapterType": "lora",
     }
 
     assert api_client.post(models_url(), body, format="json", **writer).status_code == 201
     other = api_client.post(
-        models_url(), {**body, "task": "image-to-image"}, format="json", **writer
+        models_url(), {**body, "task": "text-generation"}, format="json", **writer
     )
 
     assert other.status_code == 201, other.content
@@ -263,8 +265,9 @@ ACTORS = [
     pytest.param("write_member_read_token", 403, "read-only", id="write-member-read-token"),
     pytest.param("write_member", ALLOWED, None, id="write-member"),
     pytest.param("admin_member", ALLOWED, None, id="admin-member"),
-    pytest.param("fine_grained_no_permissions", ALLOWED, None, id="fine-grained-none"),
-    pytest.param("fine_grained_with_permissions", ALLOWED, None, id="fine-grained-some"),
+    pytest.param("fine_grained_no_permissions", 403, "org.write", id="fine-grained-none"),
+    pytest.param("fine_grained_with_permissions", 403, "org.write", id="fine-grained-some"),
+    pytest.param("fine_grained_org_write", ALLOWED, None, id="fine-grained-org-write"),
     pytest.param("other_provider_member", 403, "not a member", id="other-provider-member"),
     pytest.param("free_plan_write_member", 403, "'free' plan", id="free-plan"),
     pytest.param("team_plan_write_member", ALLOWED, None, id="team-plan"),
@@ -298,6 +301,8 @@ def actor_headers(actor: str, provider) -> dict:
         return member_headers(
             provider, scope="fine-grained", permissions=["inference.serverless.write"]
         )
+    if actor == "fine_grained_org_write":
+        return member_headers(provider, scope="fine-grained", permissions=["org.write"])
     if actor == "other_provider_member":
         return member_headers(ProviderFactory(slug="fal-ai"), role=Role.ADMIN)
     raise AssertionError(actor)
@@ -856,7 +861,7 @@ def test_the_list_of_a_provider_without_mappings_is_an_empty_object(api_client, 
 
 
 def test_the_list_shows_the_tag_filter_key_sorted_after_a_create_in_any_order(
-    api_client, provider, writer
+    api_client, provider, catalog, writer
 ):
     api_client.post(
         models_url(),

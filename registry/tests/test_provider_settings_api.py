@@ -655,23 +655,23 @@ def test_read_and_write_members_can_neither_read_nor_change_the_settings(
     assert org_state(org) == before
 
 
-def test_a_non_member_gets_403(api_client, org, providers):
+def test_a_non_member_gets_404_as_for_an_unknown_organization(api_client, org, providers):
     token = token_for(UserFactory(username="outsider"), "write")
     before = org_state(org)
 
-    assert api_client.get(ORG_URL, **bearer(token)).status_code == 403
-    assert put(api_client, {"spendingLimit": 1}, token, ORG_URL).status_code == 403
+    assert api_client.get(ORG_URL, **bearer(token)).status_code == 404
+    assert put(api_client, {"spendingLimit": 1}, token, ORG_URL).status_code == 404
     assert org_state(org) == before
 
 
-def test_an_admin_of_another_organization_gets_403(api_client, org, providers):
+def test_an_admin_of_another_organization_gets_404(api_client, org, providers):
     other_admin = UserFactory(username="other-admin")
     MembershipFactory(organization=OrganizationFactory(name="other"), user=other_admin,
                       role=Role.ADMIN)  # fmt: skip
     token = token_for(other_admin, "write")
 
-    assert api_client.get(ORG_URL, **bearer(token)).status_code == 403
-    assert put(api_client, {"spendingLimit": 1}, token, ORG_URL).status_code == 403
+    assert api_client.get(ORG_URL, **bearer(token)).status_code == 404
+    assert put(api_client, {"spendingLimit": 1}, token, ORG_URL).status_code == 404
     org.refresh_from_db()
     assert org.spending_limit_nanousd is None
 
@@ -860,7 +860,8 @@ def test_only_admins_list_the_members(api_client, members, role):
 
     response = api_client.get(MEMBERS_URL, **bearer(token))
 
-    assert response.status_code == 403
+    # A non-member gets the 404 of an unknown organization (names stay private).
+    assert response.status_code == (404 if role is None else 403)
     assert "alice" not in response.content.decode()
 
 

@@ -91,3 +91,13 @@ def test_an_unknown_v1_path_is_served_by_the_router_not_the_hub_api_format(db):
 
 def test_the_list_is_read_only(served):
     assert APIClient().post("/v1/models", {}).status_code == 405
+
+
+def test_a_post_to_an_unknown_v1_path_is_the_routers_404_even_with_csrf_checks_on(db):
+    """Clients POST (`/v1/embeddings`, `/v1/responses`); CSRF protection (for browser
+    sessions) must not turn that into a Hub-format 403."""
+    client = APIClient(enforce_csrf_checks=True)
+    response = client.post("/v1/embeddings", {"input": "x"}, format="json")
+
+    assert response.status_code == 404
+    assert set(response.json()["error"]) == {"message", "type", "code"}

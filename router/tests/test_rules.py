@@ -18,7 +18,7 @@ from billing import services as billing_services
 from billing.models import InFlight, LedgerTransaction, ProviderBillingHealth, UsageRecord
 from billing.polling import cost_poll_provider
 from billing.tests.factories import pending_usage
-from registry.models import Mapping, Provider
+from registry.models import HubModel, Mapping, Provider
 from registry.services import organization_provider_settings_update, user_provider_settings_update
 from registry.tests.factories import HubModelFactory, MappingFactory, TagFilterMappingFactory
 from testsupport.processes import WebServer, run_threads, wait_for
@@ -186,39 +186,48 @@ def test_unknown_speed_and_price_sort_after_known_ones(server, sim, catalog, pro
 def test_tag_filter_mappings_serve_matching_models_after_single_model_ones(
     server, sim, catalog, pro_token
 ):
+    """A LoRA tag-filter mapping serves the adapters of its base model; a tag-filter row that
+    is not LoRA-shaped (a task tag: issue 12, finding 3) serves nothing."""
+    lora_tags = sorted(["lora", f"base_model:adapter:{LLAMA}"])
+    adapter = "someone/llama-lora-pirate"
+    HubModelFactory(model_id=adapter, tags=["conversational", *lora_tags])
     tagpro = make_provider(sim, "tagpro")
     TagFilterMappingFactory(
         provider=tagpro,
         task="conversational",
-        tags=["conversational"],
+        tags=lora_tags,
         provider_model="tag-model",
         status="live",
     )
     TagFilterMappingFactory(
-        provider=make_provider(sim, "loraonly"),
+        provider=make_provider(sim, "hijacker"),
         task="conversational",
-        tags=["conversational", "lora"],
+        tags=["conversational"],
         status="live",
     )
-    # groq also has an older tag-filter mapping: its single-model one still wins.
+    # groq has an older LoRA tag-filter mapping and its own single-model one: that one wins.
     older = TagFilterMappingFactory(
         provider=catalog["groq"],
         task="conversational",
-        tags=["conversational"],
+        tags=lora_tags,
         provider_model="groq-tagged",
         status="live",
     )
     Mapping.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(days=30))
+    MappingFactory(provider=catalog["groq"], hub_model=HubModel.objects.get(model_id=adapter),
+                   provider_model="groq-pirate", status="live")  # fmt: skip
 
-    tagged = chat(server, pro_token, LLAMA + ":tagpro")
-    not_matching = chat(server, pro_token, LLAMA + ":loraonly")
-    groq = chat(server, pro_token, LLAMA + ":groq")
+    tagged = chat(server, pro_token, adapter + ":tagpro")
+    base_model = chat(server, pro_token, LLAMA + ":tagpro")
+    hijacked = chat(server, pro_token, LLAMA + ":hijacker")
+    groq = chat(server, pro_token, adapter + ":groq")
 
     assert tagged.status_code == 200, tagged.text
     assert tagged.json()["model"] == "tag-model"
-    assert error_code(not_matching, 404) == "model_not_supported"
-    assert groq.json()["model"] == "llama-3.1-8b-instant"
-    assert calls(sim, "loraonly") == {"loraonly": 0}
+    assert error_code(base_model, 404) == "model_not_supported"
+    assert error_code(hijacked, 404) == "model_not_supported"
+    assert groq.json()["model"] == "groq-pirate"
+    assert calls(sim, "hijacker") == {"hijacker": 0}
 
 
 # --- 2. staging visibility --------------------------------------------------------------------
