@@ -60,6 +60,10 @@ def body_limit_bytes(path: str) -> int:
     return min(settings.HTTP_MAX_BODY_BYTES, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 
+def body_deadline_s() -> float:
+    return settings.HTTP_BODY_DEADLINE_S
+
+
 def body_timeout_s() -> float:
     return settings.HTTP_BODY_TIMEOUT_S
 
@@ -79,5 +83,6 @@ application = Edge(
     dispatch,
     body_limit_bytes=body_limit_bytes,
     body_timeout_s=body_timeout_s,
+    body_deadline_s=body_deadline_s,
     render_error=render_error,
 )

@@ -173,6 +173,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 
 HTTP_MAX_BODY_BYTES = env.int("HTTP_MAX_BODY_BYTES", default=1024 * 1024)
 # ...and 408 when nothing of a body arrives for this long (between chunks).
 HTTP_BODY_TIMEOUT_S = env.float("HTTP_BODY_TIMEOUT_S", default=30.0)
+# ...and 408 when the whole body has not arrived this long after the application asked for it
+# (a byte every 29 s would otherwise hold a connection for ever; 20 MB in 120 s is 170 kB/s).
+HTTP_BODY_DEADLINE_S = env.float("HTTP_BODY_DEADLINE_S", default=120.0)
 # config/serve.py (uvicorn): a connection whose request headers are not complete this long
 # after it opened (or after the request's first byte) is closed; larger headers get a 431.
 HTTP_HEADER_TIMEOUT_S = env.float("HTTP_HEADER_TIMEOUT_S", default=10.0)

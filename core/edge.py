@@ -5,7 +5,9 @@ puts it in front of Django and the router). It bounds what a client can make the
   a declared `Content-Length` above it is refused before the application runs (nothing of the
   body is read), a chunked body is counted as the application reads it and refused as soon as
   it passes the limit (the application sees a disconnect; Django never spools the rest to disk).
-- **Body time.** A client that sends nothing of its body for `body_timeout_s` gets a 408.
+- **Body time.** A client that sends nothing of its body for `body_timeout_s`, or has not sent
+  all of it `body_deadline_s` after the application first asked for it, gets a 408 (the second:
+  a byte just before each timeout would otherwise hold the connection for as long as it likes).
 - **Unread bodies.** An answer given before the body was read whole (a 401 before reading, a
   refusal above) closes the connection, so the rest is never read and discarded.
 
@@ -50,6 +52,12 @@ def too_large(limit_bytes: int) -> Refusal:
     return Refusal(413, "body_too_large", f"The request body is larger than {limit_bytes} bytes.")
 
 
+def body_deadline(deadline_s: float) -> Refusal:
+    return Refusal(
+        408, "body_timeout", f"The request body did not arrive whole within {deadline_s:g} s."
+    )
+
+
 def body_timeout(timeout_s: float) -> Refusal:
     return Refusal(
         408, "body_timeout", f"The request body did not arrive: nothing for {timeout_s:g} s."
@@ -78,10 +86,12 @@ class Edge:
         body_limit_bytes: Callable[[str], int],
         body_timeout_s: Callable[[], float],
         render_error: RenderError,
+        body_deadline_s: Callable[[], float] | None = None,
     ):
         self.app = app
         self.body_limit_bytes = body_limit_bytes
         self.body_timeout_s = body_timeout_s
+        self.body_deadline_s = body_deadline_s
         self.render_error = render_error
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
@@ -92,17 +102,24 @@ class Edge:
         if length is not None and length > limit:
             return await self.refuse(scope, send, too_large(limit))
         body = _Body(limit, self.body_timeout_s(), has_body=has_body)
+        deadline_s = self.body_deadline_s() if self.body_deadline_s is not None else None
 
         async def guarded_receive() -> Message:
             if body.refusal is not None:
                 return DISCONNECT
             if body.complete:
                 return await receive()
+            loop = asyncio.get_running_loop()
+            if body.deadline is None and deadline_s is not None:
+                body.deadline = loop.time() + deadline_s
+            wait_s, refusal = body.timeout_s, body_timeout(body.timeout_s)
+            if body.deadline is not None and body.deadline - loop.time() < wait_s:
+                wait_s, refusal = max(body.deadline - loop.time(), 0), body_deadline(deadline_s)
             try:
-                async with asyncio.timeout(body.timeout_s):
+                async with asyncio.timeout(wait_s):
                     message = await receive()
             except TimeoutError:
-                body.refusal = body_timeout(body.timeout_s)
+                body.refusal = refusal
                 return DISCONNECT
             if message["type"] == "http.request":
                 body.size += len(message.get("body", b""))
@@ -156,6 +173,7 @@ class _Body:
 
     __slots__ = (
         "complete",
+        "deadline",
         "has_body",
         "limit",
         "refusal",
@@ -170,6 +188,7 @@ class _Body:
         self.timeout_s = timeout_s
         self.has_body = has_body  # declared by Content-Length or Transfer-Encoding
         self.complete = False  # the application has received the whole body
+        self.deadline: float | None = None  # loop time by which the whole body must be in
         self.size = 0
         self.refusal: Refusal | None = None
         self.started = False  # the application's response has started

@@ -70,6 +70,8 @@ def url_refusal(url: str, *, resolve: bool = True) -> str | None:
         return "has no host"
     if parts.username is not None or parts.password is not None:
         return "must not contain credentials"
+    if not host.isascii():  # clients NFKC/IDNA-map it: bold digits become 127.0.0.1
+        return "has a host that is not ASCII (write an international name in its xn-- form)"
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:

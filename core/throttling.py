@@ -18,7 +18,9 @@ import math
 import time
 
 from django.conf import settings
+from django.contrib.auth.forms import UsernameField
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from redis.exceptions import RedisError
@@ -73,6 +75,17 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
+def login_username_key(value) -> str:
+    """The username as the login form cleans it before authenticating (whitespace stripped,
+    NFKC-normalized: fullwidth letters are plain ones), case-folded: every spelling that
+    logs into one account shares one failure counter."""
+    try:
+        cleaned = UsernameField().clean(str(value))
+    except ValidationError:  # empty: the form refuses it too, without authenticating
+        cleaned = ""
+    return cleaned.casefold()
+
+
 class LoginThrottleMiddleware:
     """Counts refused POSTs to the admin's login form (it answers 200, the form again, when it
     refuses the credentials; 302 when it accepts them) in fixed windows of
@@ -94,7 +107,7 @@ class LoginThrottleMiddleware:
         window_s = settings.ADMIN_LOGIN_WINDOW_S
         now = time.time()
         window = int(now // window_s)
-        username = str(request.POST.get("username", "")).casefold()
+        username = login_username_key(request.POST.get("username", ""))
         address = request.META.get("REMOTE_ADDR", "")
         limits = {
             f"login-failures:user:{_digest(username)}:{window}": (

@@ -65,6 +65,8 @@ class GuardedResolver(AbstractResolver):
 def _literal_host(base_url: str) -> str | None:
     """The host of `base_url` if it is an IP literal (which aiohttp connects to unresolved)."""
     host = urlsplit(base_url).hostname or ""
+    if not host.isascii():  # aiohttp maps it (NFKC, IDNA), possibly into an IP literal: refused
+        return host
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

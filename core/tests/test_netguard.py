@@ -57,6 +57,10 @@ def test_an_allowed_network_is_allowed_and_only_it():
         ("http://localhost:1/", "internal address"),  # a name resolving to loopback
         ("http://[::1/", "not a valid URL"),
         ("http://host.invalid/", "does not resolve"),
+        # Mathematical and segmented digits: HTTP clients map them to 127.0.0.1 (found by
+        # review); refused before any lookup.
+        ("http://\U0001d7cf\U0001d7d0\U0001d7d5.\U0001d7ce.\U0001d7ce.\U0001d7cf/", "not ASCII"),
+        ("http://\U0001fbf1\U0001fbf2\U0001fbf7.\U0001fbf0.\U0001fbf0.\U0001fbf1/", "not ASCII"),
     ],
 )
 @override_settings(UPSTREAM_ALLOWED_NETWORKS=[])

@@ -29,6 +29,7 @@ import pytest
 from billing.models import UsageRecord
 from registry.tests.factories import HubModelFactory, MappingFactory
 from router.proxy import Router
+from router.upstream import literal_refusal
 from testsupport.processes import WebServer, wait_for
 
 from .conftest import MESSAGES, make_provider
@@ -545,3 +546,13 @@ def test_a_provider_on_an_internal_address_is_refused_when_connecting(
     assert wait_for(lambda: "internal address" in walled_web_server.output()[start:], 10)
     records = UsageRecord.objects.filter(provider=provider)
     assert sorted(records.values_list("http_status", "state")) == [(None, "not_billable")] * 2
+
+
+def test_a_base_url_with_a_non_ascii_host_is_refused_before_connecting():
+    """aiohttp maps a non-ASCII host (NFKC, IDNA) and may connect to the IP literal it becomes
+    without asking the guarded resolver: 127.0.0.1 written in bold digits is 127.0.0.1 (found
+    by review)."""
+    assert literal_refusal(
+        "http://\U0001d7cf\U0001d7d0\U0001d7d5.\U0001d7ce.\U0001d7ce.\U0001d7cf/"
+    )
+    assert literal_refusal("http://8.8.8.8/") is None
