@@ -1,4 +1,6 @@
 import factory
+from django.contrib.auth.models import Permission
+from django.test import Client
 
 from accounts import services
 from accounts.models import Membership, Organization, OrgPlan, Role, TokenRole, User, UserPlan
@@ -43,3 +45,18 @@ def token_for(user: User, role: str = TokenRole.WRITE, permissions=()) -> str:
 def bearer(secret: str) -> dict:
     """Request kwargs for DRF's APIClient: `client.get(url, **bearer(secret))`."""
     return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+
+
+STAFF_PASSWORD = "staff-test-password-1"
+
+
+def staff_client(name: str, *codenames: str) -> Client:
+    """A browser logged into the admin as a staff user (not a superuser) holding exactly the
+    model permissions `codenames` (e.g. "view_mapping")."""
+    user = UserFactory(username=name, is_staff=True, is_superuser=False)
+    user.set_password(STAFF_PASSWORD)
+    user.save()
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    assert client.login(username=name, password=STAFF_PASSWORD)
+    return client

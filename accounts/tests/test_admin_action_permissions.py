@@ -3,7 +3,6 @@ staff user with only the view permission neither sees it nor can POST it."""
 
 import pytest
 from django.contrib.admin import helpers
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -11,21 +10,11 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import AccessToken
 from accounts.tests.factories import UserFactory, bearer
+from accounts.tests.factories import staff_client as staff
 
 pytestmark = pytest.mark.django_db
 
-PASSWORD = "staff-test-password-1"
 TOKENS = reverse("admin:accounts_accesstoken_changelist")
-
-
-def staff(name: str, *codenames: str) -> Client:
-    user = UserFactory(username=name, is_staff=True, is_superuser=False)
-    user.set_password(PASSWORD)
-    user.save()
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client = Client()
-    assert client.login(username=name, password=PASSWORD)
-    return client
 
 
 def post_revoke(client: Client, tokens):

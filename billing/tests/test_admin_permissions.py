@@ -9,11 +9,10 @@ import re
 
 import pytest
 from django.contrib.admin import helpers
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from accounts.tests.factories import UserFactory
+from accounts.tests.factories import staff_client as staff
 from billing import services
 from billing.models import LedgerTransaction, TransactionKind, UsageRecord, UsageState
 from billing.tests.factories import payer_for_new_user, pending_usage
@@ -22,20 +21,9 @@ from registry.tests.factories import ProviderFactory
 pytestmark = pytest.mark.django_db
 
 USD = 1_000_000_000
-PASSWORD = "staff-test-password-1"
 PAYERS = reverse("admin:billing_billingaccount_changelist")
 USAGE = reverse("admin:billing_usagerecord_changelist")
 SUBMISSION_RE = re.compile(r'name="submission" value="([0-9a-f-]{36})"')
-
-
-def staff(name: str, *codenames: str) -> Client:
-    user = UserFactory(username=name, is_staff=True, is_superuser=False)
-    user.set_password(PASSWORD)
-    user.save()
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client = Client()
-    assert client.login(username=name, password=PASSWORD)
-    return client
 
 
 def run_action(client: Client, url: str, action: str, objects, **fields):

@@ -4,29 +4,17 @@ POST them; one with the change permission can."""
 
 import pytest
 from django.contrib.admin import helpers
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
-from accounts.tests.factories import UserFactory
+from accounts.tests.factories import staff_client as staff
 from registry.models import Mapping, MappingStatus
 from registry.tests.factories import MappingFactory
 
 pytestmark = pytest.mark.django_db
 
-PASSWORD = "staff-test-password-1"
 MAPPINGS = reverse("admin:registry_mapping_changelist")
 ACTIONS = {"set_live": MappingStatus.STAGING, "set_staging": MappingStatus.LIVE}
-
-
-def staff(name: str, *codenames: str) -> Client:
-    user = UserFactory(username=name, is_staff=True, is_superuser=False)
-    user.set_password(PASSWORD)
-    user.save()
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    client = Client()
-    assert client.login(username=name, password=PASSWORD)
-    return client
 
 
 def post_action(client: Client, action: str, objects):
