@@ -14,8 +14,10 @@ is a setting (config/settings.py):
 - HTTP_MAX_HEADER_BYTES: larger headers get a 431 and the connection is closed (httptools,
   uvicorn's parser, has no limit: 20 MB of headers were accepted).
 - HTTP_KEEPALIVE_TIMEOUT_S: an idle kept-alive connection is closed after this long.
-- HTTP_LIMIT_CONCURRENCY: connections plus running requests per process; beyond it uvicorn
-  answers 503.
+- HTTP_LIMIT_CONCURRENCY: connections plus running requests per process; beyond it a 429 with
+  `Retry-After: 1` in the path's error format (`overloaded`), not uvicorn's 503:
+  @huggingface/inference retries a 503 at once and for ever
+  (../shared/reference/client-wire-formats.md), which would turn an overload into a storm.
 The body limits and the body timeout are the edge's (core/edge.py), in front of the app.
 """
 
@@ -26,12 +28,37 @@ import asyncio
 import os
 
 import uvicorn
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 APP = "config.asgi:application"
 PROTOCOL = "config.serve:LimitedHttpToolsProtocol"
+
+
+OVERLOADED_RETRY_AFTER_S = 1
+
+
+async def overloaded(scope, receive, send) -> None:
+    """What a request beyond HTTP_LIMIT_CONCURRENCY gets instead of uvicorn's 503."""
+    from config.asgi import render_error  # loaded by then: uvicorn imported the app first
+
+    content_type, body = render_error(
+        scope["path"], 429, "server_busy", "The server is at its connection limit; retry shortly."
+    )
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(OVERLOADED_RETRY_AFTER_S).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# uvicorn's httptools protocol picks this module-level app when over the limit.
+httptools_impl.service_unavailable = overloaded
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):

@@ -236,12 +236,20 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(we
     assert closed_after_s < TIMEOUT_S + SLACK_S
 
 
-def test_connections_beyond_the_concurrency_limit_get_503(tmp_path, django_db_setup):
+def test_connections_beyond_the_concurrency_limit_get_a_429_never_a_503(tmp_path, django_db_setup):
+    """A 429 with Retry-After in the path's format: @huggingface/inference retries a 503 at
+    once and for ever, which would turn an overload into a storm."""
     server = WebServer(tmp_path / "web.log", HTTP_LIMIT_CONCURRENCY="4").start()
     try:
         idle = [socket.create_connection(address(server)) for _ in range(4)]
         try:
-            assert httpx.get(f"{server.url}/api/health", timeout=10).status_code == 503
+            busy = httpx.get(f"{server.url}/api/health", timeout=10)
+            assert busy.status_code == 429
+            assert busy.headers["Retry-After"] == "1"
+            assert busy.json()["error_type"] == "server_busy"
+            routed = httpx.post(f"{server.url}/v1/chat/completions", json={}, timeout=10)
+            assert routed.status_code == 429
+            assert routed.json()["error"]["code"] == "server_busy"
         finally:
             for sock in idle:
                 sock.close()
