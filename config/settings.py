@@ -276,7 +276,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.tasks.in_flight_expire",
         "schedule": 3600.0,
     },
+    "registry-price-sync": {
+        "task": "registry.tasks.price_sync_enqueue",
+        "schedule": env.float("PRICE_SYNC_INTERVAL_S", default=600.0),
+    },
 }
+
+# Price sync (docs/registry.md "Price sync"): every PRICE_SYNC_INTERVAL_S, each active
+# provider's `/v1/models`. Timeout per request, and the largest answer read (bytes):
+PRICE_SYNC_INTERVAL_S = env.float("PRICE_SYNC_INTERVAL_S", default=600.0)
+PRICE_SYNC_TIMEOUT_S = env.float("PRICE_SYNC_TIMEOUT_S", default=10.0)
+PRICE_SYNC_MAX_BYTES = env.int("PRICE_SYNC_MAX_BYTES", default=4 * 1024 * 1024)
+# A published price above this (nano-USD per million tokens; default $1,000) is refused as
+# absurd: the last good price is kept and the problem recorded.
+PRICE_SYNC_MAX_NANOUSD_PER_MTOK = env.int("PRICE_SYNC_MAX_NANOUSD_PER_MTOK", default=1_000 * 10**9)
 
 # Billing: a usage record with no cost this long after its request is `failed_to_bill`.
 BILLING_FAILED_AFTER_S = env.int("BILLING_FAILED_AFTER_S", default=30 * 60)

@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.forms import UserChangeForm
 from django.core.exceptions import PermissionDenied
+from django.utils.html import format_html, format_html_join
 
 from accounts import admin as accounts_admin
 from accounts.models import Organization, SettingsSource, User
@@ -9,7 +10,7 @@ from accounts.services import SPENDING_LIMIT_MAX_NANOUSD, Actor
 from core.errors import DomainError
 from core.money import NANOUSD_PER_USD, usd_text, usd_to_nanousd
 from registry import selectors, services
-from registry.models import HubModel, Mapping, MappingStatus, Provider, ProviderKey
+from registry.models import HubModel, Mapping, MappingStatus, PriceSync, Provider, ProviderKey
 
 
 class ProviderForm(forms.ModelForm):
@@ -58,7 +59,30 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ("state",)
     search_fields = ("slug", "display_name", "organization__name")
     autocomplete_fields = ["organization"]
-    readonly_fields = ("created_at", "updated_at")
+    readonly_fields = ("last_price_sync", "created_at", "updated_at")
+
+    @admin.display(description="Last price sync")
+    def last_price_sync(self, obj: Provider) -> str:
+        """When, how many models, how many mappings changed, the error or refused values."""
+        sync = PriceSync.objects.filter(provider=obj).first() if obj.pk else None
+        if sync is None:
+            return "never"
+        summary = format_html(
+            "{} UTC: {} models, {} mappings updated",
+            f"{sync.synced_at:%Y-%m-%d %H:%M:%S}",
+            sync.entries,
+            sync.updated,
+        )
+        if sync.error:
+            summary = format_html("{}<br>error: {}", summary, sync.error)
+        if sync.problems:
+            items = format_html_join(
+                "", "<li>{}: {}</li>", ((p.get("model"), p.get("reason")) for p in sync.problems)
+            )
+            summary = format_html(
+                "{}<br>problems (last good value kept):<ul>{}</ul>", summary, items
+            )
+        return summary
 
     @admin.display(boolean=True, description="API key")
     def has_api_key(self, obj: Provider) -> bool:

@@ -237,3 +237,36 @@ class ProviderKey(models.Model):
     @property
     def masked(self) -> str:
         return f"…{self.last4}"  # just "…" for a short key, whose last 4 would say too much
+
+
+class PriceSync(models.Model):
+    """The last price sync of one provider (`GET <base>/v1/models`; docs/registry.md)."""
+
+    provider = models.OneToOneField(Provider, on_delete=models.CASCADE, related_name="price_sync")
+    synced_at = models.DateTimeField()
+    entries = models.PositiveIntegerField(default=0, help_text="Models in the answer.")
+    updated = models.PositiveIntegerField(default=0, help_text="Mappings whose values changed.")
+    # [{"model": id, "reason": text}]: values refused (the last good one was kept).
+    problems = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True, help_text="Why the whole answer failed, if it did.")
+
+    def __str__(self) -> str:
+        return f"price sync of {self.provider_id} at {self.synced_at:%Y-%m-%d %H:%M:%S}"
+
+
+class MappingPriceHistory(models.Model):
+    """Append-only: a mapping's prices and context length from `valid_from` on, written when
+    a sync changes one of them (so a usage record's estimate can be explained later)."""
+
+    mapping = models.ForeignKey(Mapping, on_delete=models.CASCADE, related_name="price_history")
+    input_price_nanousd_per_mtok = models.BigIntegerField(null=True)
+    output_price_nanousd_per_mtok = models.BigIntegerField(null=True)
+    context_length = models.PositiveIntegerField(null=True)
+    valid_from = models.DateTimeField()
+
+    class Meta:
+        ordering = ["mapping", "valid_from", "id"]
+        indexes = [models.Index(fields=["mapping", "valid_from"])]
+
+    def __str__(self) -> str:
+        return f"prices of mapping {self.mapping_id} from {self.valid_from:%Y-%m-%d %H:%M:%S}"

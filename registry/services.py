@@ -31,11 +31,14 @@ from registry.models import (
     AdapterType,
     HubModel,
     Mapping,
+    MappingPriceHistory,
     MappingStatus,
     MappingType,
+    PriceSync,
     Provider,
     ProviderKey,
 )
+from registry.pricesync import PriceEntry
 from registry.task_types import TASKS, model_supports_task
 
 TAGS_MAX = 20
@@ -681,3 +684,63 @@ def organization_provider_settings_update(
     return accounts_services.organization_provider_settings_set(
         organization=organization, actor=actor, **changes
     )
+
+
+PRICE_FIELDS = ("input_price_nanousd_per_mtok", "output_price_nanousd_per_mtok", "context_length")
+
+
+def mapping_prices_sync(
+    *, provider: Provider, entries: Sequence[PriceEntry] | None, error: str = ""
+) -> PriceSync:
+    """Applies one price sync of `provider` (registry/pricesync.py read it): each entry's good
+    values go to the provider's mappings whose provider_model is its id, a history row per
+    mapping whose values change; refused values keep the last good one. Records the sync
+    (when, counts, problems; `error` and no entries if the whole answer failed). Running it
+    twice with the same entries changes nothing the second time."""
+    now = timezone.now()
+    problems: list[dict[str, str]] = []
+    updated = 0
+    with transaction.atomic():
+        by_model: dict[str, list[Mapping]] = {}
+        if entries:
+            ids = {entry.model_id for entry in entries}
+            mappings = Mapping.objects.select_for_update().filter(
+                provider=provider, provider_model__in=ids
+            )
+            for mapping in mappings.order_by("pk"):
+                by_model.setdefault(mapping.provider_model, []).append(mapping)
+        for entry in entries or ():
+            problems.extend({"model": entry.model_id, "reason": r} for r in entry.problems)
+            new = {
+                "input_price_nanousd_per_mtok": entry.input_nanousd_per_mtok,
+                "output_price_nanousd_per_mtok": entry.output_nanousd_per_mtok,
+                "context_length": entry.context_length,
+            }
+            for mapping in by_model.pop(entry.model_id, []):
+                changed = [
+                    name
+                    for name, value in new.items()
+                    if value is not None and getattr(mapping, name) != value
+                ]
+                if not changed:
+                    continue
+                for name in changed:
+                    setattr(mapping, name, new[name])
+                mapping.save(update_fields=[*changed, "updated_at"])
+                MappingPriceHistory.objects.create(
+                    mapping=mapping,
+                    valid_from=now,
+                    **{name: getattr(mapping, name) for name in PRICE_FIELDS},
+                )
+                updated += 1
+        sync, _ = PriceSync.objects.update_or_create(
+            provider=provider,
+            defaults={
+                "synced_at": now,
+                "entries": len(entries or ()),
+                "updated": updated,
+                "problems": problems[:1000],
+                "error": error[:2000],
+            },
+        )
+    return sync

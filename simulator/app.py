@@ -72,6 +72,8 @@ hostile_cost_fraction     `simulator.costs.affected(id, fraction, "hostile_cost"
 unasked_ids (int)         append that many entries for IDs nobody asked for
                           (`simulator.costs.unasked_id(slug, n)`)
 requests_null (bool)      answer `{"requests": null}`
+models_bad (str)          break `/v1/models`: missing_pricing (no `pricing`) | negative |
+                          string | absurd (prices of those kinds) | not_json (an HTML body)
 garbage_body (bool)       answer 200 with a body that is not JSON (still labelled JSON)
 huge_body_mb (int)        pad the cost answer with a `padding` field to this many MiB
 fixed_cost_nanousd (int)  the cost endpoint answers this cost for every known ID (no other
@@ -156,6 +158,25 @@ class Response:
     stream: AsyncIterator[bytes] | None = None
     content_length: int | None = None
     stats: Any = None  # a stream's provider counters (completed / abandoned)
+
+
+_BAD_PRICING: dict[str, Any] = {
+    "negative": {"input": -0.5, "output": -1},
+    "string": {"input": "0.18", "output": "cheap"},
+    "absurd": {"input": 1_000_000, "output": 1e300},
+}
+
+
+def _bad_models(state: ProviderState) -> list[dict[str, Any]]:
+    """The model list, broken as `models_bad` says (every entry: `missing_pricing` drops its
+    `pricing`, the others replace it)."""
+    models = state.model_list()
+    bad = state.faults.models_bad
+    if bad == "missing_pricing":
+        return [{k: v for k, v in model.items() if k != "pricing"} for model in models]
+    if bad in _BAD_PRICING:
+        return [{**model, "pricing": _BAD_PRICING[bad]} for model in models]
+    return models
 
 
 def json_response(status: int, value: Any) -> Response:
@@ -353,7 +374,9 @@ class SimulatorApp:
         state.stats.models_requests += 1
         if early := await self._outage(state.faults, "models", request):
             return early
-        return json_response(200, {"object": "list", "data": state.model_list()})
+        if state.faults.models_bad == "not_json":
+            return Response(200, b"<html>not json</html>")
+        return json_response(200, {"object": "list", "data": _bad_models(state)})
 
     async def costs(self, slug: str, request: Request) -> Response:
         state = self.registry.get(slug)

@@ -27,6 +27,8 @@ HOSTILE_COSTS: tuple[str, ...] = ("overflow", "huge_exponent", "deep", "absurd")
 """Values of `hostile_cost`: what the hit entries get as `costNanoUsd` (see simulator.costs)."""
 BOMB_ENCODINGS: tuple[str, ...] = ("gzip", "deflate", "identity", "unsupported")
 """Values of `bomb_encoding`: how a `bomb_mb` answer is encoded (see simulator.bombs)."""
+MODELS_BAD: tuple[str, ...] = ("missing_pricing", "negative", "string", "absurd", "not_json")
+"""Values of `models_bad`: how `/v1/models` is broken (see simulator.app)."""
 BOOL_SWITCHES: tuple[str, ...] = (
     "timeout",
     "requests_null",
@@ -92,6 +94,7 @@ class Faults:
     bomb_mb: int = 0
     bomb_encoding: str = "gzip"
     chat_content_type: str = ""
+    models_bad: str = ""
     given: dict[str, Any] = field(default_factory=dict, compare=False)
     """The switches as they were set (what GET returns)."""
 
@@ -149,6 +152,10 @@ def _parse_one(name: str, value: Any) -> Any:
     if name == "bomb_encoding":
         if value not in BOMB_ENCODINGS:
             raise FaultError(name, f"must be one of {', '.join(BOMB_ENCODINGS)}")
+        return value
+    if name == "models_bad":
+        if value not in MODELS_BAD:
+            raise FaultError(name, f"must be one of {', '.join(MODELS_BAD)}")
         return value
     if name == "redirect_to":
         if not isinstance(value, str) or not _REDIRECT.match(value):
