@@ -90,11 +90,19 @@ def entries_parse(body: Any) -> list[PriceEntry]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list):
         raise PriceFetchError("answer has no `data` list")
-    entries = []
+    entries, seen = [], set()
     for item in data:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        model_id = item.get("id") if isinstance(item, dict) else None
+        # A longer id matches no mapping (provider_model has 255 characters): never cut it,
+        # or it could match one that it is not.
+        if not isinstance(model_id, str) or not 0 < len(model_id) <= 255:
             continue
-        entry = PriceEntry(model_id=item["id"][:255])
+        entry = PriceEntry(model_id=model_id)
+        if model_id in seen:
+            entry.problems.append("listed more than once; the first entry counts")
+            entries.append(entry)
+            continue
+        seen.add(model_id)
         pricing = item.get("pricing")
         if not isinstance(pricing, dict):
             entry.problems.append("pricing missing or not an object")

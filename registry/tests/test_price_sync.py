@@ -258,3 +258,36 @@ def test_admin_provider_page_shows_the_last_sync_and_its_problems(provider, llam
     assert "Last price sync" in text
     assert "input price is negative" in text
     assert LLAMA in text
+
+
+def test_a_model_listed_twice_counts_once_and_is_recorded(provider, llama):
+    set_models(provider, [model(LLAMA, 0.2, 0.2), model(LLAMA, 0.001, 0.001)])
+    price_sync_provider(provider.id)
+
+    assert prices(llama)[:2] == (200_000_000, 200_000_000)
+    (problem,) = PriceSync.objects.get(provider=provider).problems
+    assert "more than once" in problem["reason"]
+
+
+def test_an_overlong_id_is_not_cut_to_match_a_mapping(provider):
+    mapping = MappingFactory(provider=provider, provider_model="a" * 255)
+    set_models(provider, [model("a" * 255 + "b", 0.2, 0.2)])
+    price_sync_provider(provider.id)
+
+    assert prices(mapping) == (None, None, None)
+
+
+def test_an_answer_over_the_size_cap_is_an_error(provider, llama, settings):
+    settings.PRICE_SYNC_MAX_BYTES = 500
+    price_sync_provider(provider.id)
+
+    assert "larger than 500 bytes" in PriceSync.objects.get(provider=provider).error
+    assert prices(llama) == (None, None, None)
+
+
+def test_a_timeout_is_recorded(provider, llama, settings):
+    settings.PRICE_SYNC_TIMEOUT_S = 0.3
+    set_faults(provider, timeout=True, error_on="models")
+    price_sync_provider(provider.id)
+
+    assert "timed out" in PriceSync.objects.get(provider=provider).error
