@@ -6,6 +6,7 @@ import uuid
 
 import httpx
 import pytest
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -291,3 +292,14 @@ def test_a_timeout_is_recorded(provider, llama, settings):
     price_sync_provider(provider.id)
 
     assert "timed out" in PriceSync.objects.get(provider=provider).error
+
+
+def test_price_history_rows_cannot_be_changed_but_go_with_their_mapping(provider, llama):
+    price_sync_provider(provider.id)
+    row = MappingPriceHistory.objects.get(mapping=llama)
+
+    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+        MappingPriceHistory.objects.filter(pk=row.pk).update(output_price_nanousd_per_mtok=1)
+
+    llama.delete()
+    assert not MappingPriceHistory.objects.filter(pk=row.pk).exists()
