@@ -10,7 +10,15 @@ from accounts.services import SPENDING_LIMIT_MAX_NANOUSD, Actor
 from core.errors import DomainError
 from core.money import NANOUSD_PER_USD, usd_text, usd_to_nanousd
 from registry import selectors, services
-from registry.models import HubModel, Mapping, MappingStatus, PriceSync, Provider, ProviderKey
+from registry.models import (
+    HubModel,
+    Mapping,
+    MappingPriceHistory,
+    MappingStatus,
+    PriceSync,
+    Provider,
+    ProviderKey,
+)
 
 
 class ProviderForm(forms.ModelForm):
@@ -102,8 +110,29 @@ class HubModelAdmin(admin.ModelAdmin):
     show_full_result_count = False  # counting 50k+ rows on every page is waste
 
 
+class PriceHistoryInline(admin.TabularInline):
+    """A mapping's prices over time, newest first (written by the price sync; read-only)."""
+
+    model = MappingPriceHistory
+    fields = ("valid_from", "input_price_nanousd_per_mtok", "output_price_nanousd_per_mtok",
+              "context_length")  # fmt: skip
+    readonly_fields = fields
+    ordering = ("-valid_from", "-id")
+    extra = 0
+    max_num = 0
+    can_delete = False
+    verbose_name_plural = "price history (nano-USD per million tokens)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Mapping)
 class MappingAdmin(admin.ModelAdmin):
+    inlines = [PriceHistoryInline]
     list_display = ("public_id", "provider", "task", "type", "target", "provider_model",
                     "status", "health", "updated_at")  # fmt: skip
     list_filter = ("provider", "task", "status", "health", "type")

@@ -303,3 +303,16 @@ def test_price_history_rows_cannot_be_changed_but_go_with_their_mapping(provider
 
     llama.delete()
     assert not MappingPriceHistory.objects.filter(pk=row.pk).exists()
+
+
+def test_admin_mapping_page_shows_its_price_history(provider, llama, staff_client):
+    price_sync_provider(provider.id)
+    set_models(provider, [model(LLAMA, 0.2, 0.25)])
+    price_sync_provider(provider.id)
+
+    page = staff_client.get(reverse("admin:registry_mapping_change", args=[llama.pk]))
+
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "price history" in text
+    assert "250000000" in text and "180000000" in text
