@@ -701,6 +701,8 @@ def mapping_prices_sync(
     problems: list[dict[str, str]] = []
     updated = 0
     with transaction.atomic():
+        # One sync of a provider at a time (a redelivered task may overlap a running one).
+        Provider.objects.select_for_update().filter(pk=provider.pk).first()
         by_model: dict[str, list[Mapping]] = {}
         if entries:
             ids = {entry.model_id for entry in entries}
