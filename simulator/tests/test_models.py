@@ -78,3 +78,40 @@ def test_stats_count_models_requests(provider: Provider):
     provider.models()
 
     assert provider.stats()["models_requests"] == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "check"),
+    [
+        ("missing_pricing", lambda m: "pricing" not in m),
+        ("negative", lambda m: m["pricing"] == {"input": -0.5, "output": -1}),
+        ("string", lambda m: m["pricing"] == {"input": "0.18", "output": "cheap"}),
+        ("absurd", lambda m: m["pricing"] == {"input": 1_000_000, "output": 1e300}),
+    ],
+)
+def test_models_bad_breaks_every_entry(provider: Provider, bad, check):
+    provider.set_faults(models_bad=bad)
+
+    data = provider.models().json()["data"]
+
+    assert data and all(check(model) for model in data)
+    assert all(model["context_length"] > 0 for model in data)  # the rest stays as it was
+
+
+def test_models_bad_not_json_is_an_html_body_labelled_json(provider: Provider):
+    provider.set_faults(models_bad="not_json")
+
+    response = provider.models()
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    with pytest.raises(ValueError):
+        response.json()
+
+
+def test_an_unknown_models_bad_is_refused_naming_it(provider: Provider):
+    response = provider.http.put(f"/{provider.slug}/_sim/faults", json={"models_bad": "weird"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "models_bad"
+    assert provider.http.get(f"/{provider.slug}/_sim/faults").json() == {}
