@@ -53,7 +53,7 @@ from django.db.models import F, Q
 from billing import services
 from billing.models import ProviderBillingHealth, UsageRecord, UsageState
 from core.money import ceil_nanousd, format_usd
-from core.netguard import address_refused, url_refusal
+from core.netguard import ResponseTooLarge, address_refused, response_read_capped, url_refusal
 from registry.models import Provider
 
 logger = logging.getLogger(__name__)
@@ -371,13 +371,9 @@ def _fetch(client: httpx.Client, provider: Provider, request_ids: list[str]) -> 
         ) as response:
             if not response.is_success:
                 raise CostAnswerError(f"cost endpoint answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > RESPONSE_BYTES_MAX:
-                    raise CostAnswerError(f"answer larger than {RESPONSE_BYTES_MAX} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return response_read_capped(response, RESPONSE_BYTES_MAX)
+    except ResponseTooLarge as exc:
+        raise CostAnswerError(str(exc)) from exc
     except httpx.TimeoutException as exc:
         raise CostAnswerError(f"cost endpoint timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:

@@ -93,3 +93,24 @@ def url_refusal(url: str, *, resolve: bool = True) -> str | None:
                 "UPSTREAM_ALLOWED_NETWORKS to allow it"
             )
     return None
+
+
+class ResponseTooLarge(Exception):
+    """A provider's answer is larger than the caller's cap."""
+
+    def __init__(self, limit_bytes: int):
+        super().__init__(f"answer larger than {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+def response_read_capped(response, limit_bytes: int) -> bytes:
+    """The body of a streamed httpx response, read no further than `limit_bytes` (counted as
+    decoded); raises ResponseTooLarge beyond it. For what the worker fetches from providers
+    (cost answers, `/v1/models`): an answer must not grow without bound in memory."""
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ResponseTooLarge(limit_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)

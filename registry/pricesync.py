@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import httpx
 from django.conf import settings
 
-from core.netguard import url_refusal
+from core.netguard import ResponseTooLarge, response_read_capped, url_refusal
 from registry.models import Provider
 
 NANO_PER_USD = Decimal(10**9)
@@ -61,12 +61,9 @@ def models_fetch(provider: Provider, *, client: httpx.Client | None = None) -> A
         with client.stream("GET", url, headers=headers) as response:
             if not response.is_success:
                 raise PriceFetchError(f"models endpoint answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise PriceFetchError(f"answer larger than {limit} bytes")
-                chunks.append(chunk)
+            body = response_read_capped(response, limit)
+    except ResponseTooLarge as exc:
+        raise PriceFetchError(str(exc)) from exc
     except httpx.TimeoutException as exc:
         raise PriceFetchError(f"models endpoint timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
@@ -75,7 +72,7 @@ def models_fetch(provider: Provider, *, client: httpx.Client | None = None) -> A
         if own:
             client.close()
     try:
-        return json.loads(b"".join(chunks), parse_float=Decimal, parse_constant=_constant)
+        return json.loads(body, parse_float=Decimal, parse_constant=_constant)
     except (ValueError, RecursionError) as exc:
         raise PriceFetchError(f"answer is not JSON: {str(exc)[:200]}") from exc
 
