@@ -130,3 +130,22 @@ def test_successful_admin_logins_are_not_counted(staff):
     for _ in range(5):
         assert login(client, staff, PASSWORD).status_code == 302
         client.logout()
+
+
+def fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+@override_settings(ADMIN_LOGIN_FAILURES_PER_USERNAME=3, ADMIN_LOGIN_FAILURES_PER_ADDRESS=1000)
+def test_username_variants_that_log_into_the_same_account_share_one_counter(staff):
+    """Found by review: Django's login form strips and NFKC-normalizes the username before
+    authenticating, so " root", "root " and fullwidth "root" log into one account; keyed on
+    the raw POSTed value, each had its own counter and the per-username lock never engaged."""
+    variants = [f" {staff}", f"{staff} ", fullwidth(staff)]
+    # Same account: the right password under a variant logs in.
+    assert login(Client(REMOTE_ADDR=unique_address()), variants[2], PASSWORD).status_code == 302
+    for variant in variants:
+        assert login(Client(REMOTE_ADDR=unique_address()), variant, "wrong").status_code == 200
+    # Three failed guesses on this account: it is locked, whatever the spelling.
+    locked = login(Client(REMOTE_ADDR=unique_address()), staff, PASSWORD)
+    assert locked.status_code == 429, locked.status_code
