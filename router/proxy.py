@@ -51,6 +51,7 @@ from billing.models import UsageState
 from billing.usage_row import UsageRow
 from core import ratelimit
 from core.errors import DomainError
+from core.netguard import ResponseTooLarge
 from registry import rules as registry_rules
 from registry.aio import ChatCandidate, ModelCandidates, ProviderRow
 from registry.task_types import CONVERSATIONAL
@@ -61,7 +62,6 @@ from router.upstream import (
     BadEncoding,
     BodyDecoder,
     GuardedResolver,
-    ResponseTooLarge,
     UpstreamRefused,
     literal_refusal,
     refusal_in,
@@ -639,7 +639,7 @@ class RoutedRequest:
     async def relay_whole(self, attempt, response, decoder, request_id, created_at, byok) -> str:
         try:
             if decoder.identity and (response.content_length or 0) > decoder.cap:
-                raise ResponseTooLarge(f"answer larger than {decoder.cap} bytes")
+                raise ResponseTooLarge(decoder.cap)
             parts = []
             async for chunk in response.content.iter_any():
                 parts.extend(decoder.feed(chunk))

@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from django.conf import settings
 
-from core.netguard import address_refused
+from core.netguard import ResponseTooLarge, address_refused
 
 
 class UpstreamRefused(OSError):
@@ -97,11 +97,7 @@ def refusal_in(exc: BaseException) -> UpstreamRefused | None:
     return None
 
 
-# --- sizes ------------------------------------------------------------------------------------
-class ResponseTooLarge(Exception):
-    """The provider's answer (decoded, or as received) is larger than the cap."""
-
-
+# --- sizes (ResponseTooLarge: core.netguard, shared with the worker's capped reads) ----------
 class BadEncoding(Exception):
     """A Content-Encoding the router does not decode, or data that does not decode."""
 
@@ -132,12 +128,12 @@ class BodyDecoder:
     def _count(self, size: int) -> None:
         self.decoded += size
         if self.decoded > self.cap:
-            raise ResponseTooLarge(f"answer larger than {self.cap} bytes")
+            raise ResponseTooLarge(self.cap)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         self.received += len(data)
         if self.received > self.cap:
-            raise ResponseTooLarge(f"answer larger than {self.cap} bytes")
+            raise ResponseTooLarge(self.cap)
         if self._name == "deflate" and self._inflater is None:
             # RFC 9110's deflate is zlib-wrapped (a 2-byte header whose value is a multiple of
             # 31, method 8); some servers send raw deflate.
