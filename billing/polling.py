@@ -36,13 +36,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from urllib.parse import urlsplit
 
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
@@ -53,7 +51,7 @@ from django.db.models import F, Q
 from billing import services
 from billing.models import ProviderBillingHealth, UsageRecord, UsageState
 from core.money import ceil_nanousd, format_usd
-from core.netguard import ResponseTooLarge, address_refused, response_read_capped, url_refusal
+from core.netguard import ResponseTooLarge, response_read_capped, url_refusal
 from registry.models import Provider
 
 logger = logging.getLogger(__name__)
@@ -343,21 +341,7 @@ def cost_url_refusal(url: str) -> str | None:
     does not resolve is left to fail on its own. Checked before every batch, so a name that
     starts resolving to an internal address is caught; a name re-bound between this check and
     the connection is not (`core.netguard`)."""
-    reason = url_refusal(url, resolve=False)
-    if reason is not None:
-        return reason
-    parts = urlsplit(url)
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return None
-    for address in {info[4][0] for info in infos}:
-        if address_refused(address):
-            return (
-                f"points to an internal address ({address}); add its network to "
-                "UPSTREAM_ALLOWED_NETWORKS to allow it"
-            )
-    return None
+    return url_refusal(url, unresolvable_ok=True)
 
 
 def _fetch(client: httpx.Client, provider: Provider, request_ids: list[str]) -> bytes:

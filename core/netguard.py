@@ -54,10 +54,12 @@ def address_refused(address: str | IPAddress) -> bool:
                    for net in allowed_networks())  # fmt: skip
 
 
-def url_refusal(url: str, *, resolve: bool = True) -> str | None:
+def url_refusal(url: str, *, resolve: bool = True, unresolvable_ok: bool = False) -> str | None:
     """Why `url` may not be used as a provider URL, or None. Needs http(s), a host, no
     credentials; the host (and, with `resolve`, every address it resolves to) must not be
-    internal unless allowed."""
+    internal unless allowed. A host that does not resolve is a refusal, or with
+    `unresolvable_ok` none (left to fail on its own when connected to; every connection checks
+    its addresses again)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -84,7 +86,7 @@ def url_refusal(url: str, *, resolve: bool = True) -> str | None:
         try:
             infos = socket.getaddrinfo(host, port or 443, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            return f"has a host ({host}) that does not resolve"
+            return None if unresolvable_ok else f"has a host ({host}) that does not resolve"
         addresses = [info[4][0] for info in infos]
     for address in addresses:
         if address_refused(address):

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -67,15 +65,6 @@ def _validate_url(value: str, *, field: str, required: bool = True) -> str:
     return value
 
 
-def _resolves(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return bool(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
-    except (OSError, UnicodeError):
-        return False
-
-
 def _validate_upstream_url(value: str, *, field: str) -> None:
     """The router and the cost poller send the platform's key to this URL: refused when it
     points to loopback, link-local (cloud metadata) or private addresses not allowed by
@@ -84,7 +73,7 @@ def _validate_upstream_url(value: str, *, field: str) -> None:
     again."""
     if not value:
         return
-    reason = netguard.url_refusal(value, resolve=_resolves(urlsplit(value).hostname))
+    reason = netguard.url_refusal(value, unresolvable_ok=True)
     if reason is not None:
         raise DomainError("validation_error", f"{field}: {value!r} {reason}.", field=field)
 

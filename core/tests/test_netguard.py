@@ -80,3 +80,12 @@ def test_public_literal_urls_pass():
 def test_loopback_passes_when_allowed():
     assert url_refusal("http://127.0.0.1:9/") is None
     assert url_refusal("http://localhost:9/") is None
+
+
+@override_settings(UPSTREAM_ALLOWED_NETWORKS=[])
+def test_an_unresolvable_host_may_be_left_to_fail_when_connected_to():
+    """The cost poll and provider saves: a host that does not resolve is not a refusal (it fails
+    on its own, and every connection checks its addresses); one that resolves inside still is."""
+    assert url_refusal("http://host.invalid/", unresolvable_ok=True) is None
+    assert "internal address" in url_refusal("http://localhost:1/", unresolvable_ok=True)
+    assert "internal address" in url_refusal("http://127.0.0.1/", unresolvable_ok=True)
